@@ -1,0 +1,64 @@
+"""JaxKernelApp: ipykernel's kernel application, wired to JaxKernel and its worker.
+
+The app differs from ``IPKernelApp`` in what it must not do in the kernel process: it
+runs no startup code, loads no extensions and sets up no matplotlib (all of that is
+user code, which belongs in the worker), and SIGINT is forwarded to the worker instead
+of raising ``KeyboardInterrupt`` in the kernel.
+"""
+
+from __future__ import annotations
+
+import signal
+import typing as t
+
+from ipykernel.kernelapp import IPKernelApp
+from IPython.core.profiledir import ProfileDir
+from jupyter_client.session import Session
+from jupyter_core.paths import jupyter_config_path
+from traitlets import Type
+from traitlets.config import Application
+
+from .kernel import JaxKernel
+from .manager import WorkerManager
+
+
+class JaxKernelApp(IPKernelApp):
+    """Launches the ``jax`` kernel (``python -m jax_kernel -f CONNECTION_FILE``)."""
+
+    name = "jax-kernel"  # reads jax_kernel_config.py
+    description = "The jax-kernel Jupyter kernel: cells run in a supervised JAX worker process."
+    classes = [JaxKernel, WorkerManager, Session, ProfileDir]  # type: ignore[assignment]
+    kernel_class = Type(  # type: ignore[assignment]
+        JaxKernel, klass="ipykernel.kernelbase.Kernel", help="The kernel class to launch."
+    ).tag(config=True)
+
+    subcommands = {  # type: ignore[assignment]
+        "install": ("jax_kernel.kernelspec.InstallJaxKernelSpecApp", "Install the jax kernelspec"),
+    }
+
+    def load_config_file(self, *args: t.Any, **kwargs: t.Any) -> None:
+        """Also read ``jax_kernel_config.py`` from Jupyter's config path, after IPython's profile."""
+        super().load_config_file(*args, **kwargs)
+        Application.load_config_file(self, self.config_file_name, path=jupyter_config_path())
+
+    def init_signal(self) -> None:
+        """SIGINT (signal-mode interrupts, Ctrl-C) interrupts the worker's cell, never the kernel."""
+        signal.signal(signal.SIGINT, self._forward_sigint)
+
+    def _forward_sigint(self, signum: int, frame: t.Any) -> None:
+        kernel = getattr(self, "kernel", None)
+        if kernel is not None:
+            kernel.manager.interrupt()
+
+    # User code never runs in the kernel process: these belong to the worker.
+    def init_gui_pylab(self) -> None:
+        """No matplotlib in the kernel process; the worker defaults to the inline backend."""
+
+    def init_extensions(self) -> None:
+        """IPython extensions are user code: not loaded in the kernel process."""
+
+    def init_code(self) -> None:
+        """Startup code is user code: not run in the kernel process."""
+
+
+launch_new_instance = JaxKernelApp.launch_instance

@@ -1,0 +1,387 @@
+"""JaxKernel: ipykernel's IPythonKernel, with every cell run in a supervised worker process.
+
+The kernel keeps the Jupyter protocol and nothing else: each ``do_*`` hook forwards the
+request to the worker over :mod:`jax_kernel.wire`, re-publishes what the worker sends
+on IOPub under the right parent, and turns a dead worker into an error on the cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import sys
+import threading
+import typing as t
+from importlib import metadata
+
+import zmq
+from ipykernel.ipkernel import IPythonKernel
+from traitlets import Instance, Integer, default
+
+from . import __version__, wire
+from .manager import WorkerDied, WorkerError, WorkerManager
+
+#: Fields of each worker output message that become the IOPub message's content.
+_OUTPUT_FIELDS = {
+    kind: (*fields, *wire.OPTIONAL_FIELDS.get(kind, {}))
+    for kind, fields in wire.WORKER_MESSAGES.items()
+    if kind in {"stream", "display_data", "update_display_data", "clear_output", "execute_result", "error"}
+}
+
+_RED, _RESET = "\x1b[0;31m", "\x1b[0m"
+
+
+def _installed_jax_version() -> str | None:
+    try:
+        return metadata.version("jax")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+class MalformedReply(WorkerError):
+    """The worker answered with something that is not a valid reply."""
+
+
+def _require(content: dict[str, t.Any], field: str, kind: type | tuple[type, ...]) -> t.Any:
+    value = content.get(field)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise MalformedReply(f"reply field {field!r} is missing or has the wrong type")
+    return value
+
+
+class JaxKernel(IPythonKernel):
+    """A Jupyter kernel that never runs user code itself: a worker process runs every cell."""
+
+    implementation = "jax-kernel"
+    implementation_version = __version__
+
+    output_limit = Integer(
+        5_000_000,
+        help="Characters of stdout/stderr one cell may send; the rest is dropped with a notice "
+        "(a runaway print must not take the browser or the kernel down).",
+    ).tag(config=True)
+
+    manager = Instance(WorkerManager)
+
+    @default("manager")
+    def _default_manager(self) -> WorkerManager:
+        return WorkerManager(parent=self, log=self.log)
+
+    def __init__(self, **kwargs: t.Any) -> None:
+        super().__init__(**kwargs)
+        self._execution_count = 1
+        self._jax_loaded_version: str | None = None
+        self._output_parent: dict[str, t.Any] = {}
+        self._output_ident: t.Any = None
+        self._input_cancel: threading.Event | None = None
+        self.manager.stream_limit = self.output_limit
+        self.manager.output_handler = self._publish_output
+        self.manager.problem_handler = self._publish_problem
+        self.manager.input_handler = self._relay_input_request
+        atexit.register(self.manager.kill_now)
+
+    def start(self) -> None:
+        super().start()
+        # Start the worker in parallel with the frontend's kernel_info handshake.
+        self.io_loop.add_callback(self.manager.start)
+
+    # protocol surface ---------------------------------------------------------------
+    @property
+    def execution_count(self) -> int:  # type: ignore[override]
+        return self._execution_count
+
+    @execution_count.setter
+    def execution_count(self, value: int) -> None:
+        pass  # the worker's shell owns the counter, as the in-process shell does in ipykernel
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]
+        py = sys.version.split()[0]
+        if self._jax_loaded_version:
+            jax = f"JAX {self._jax_loaded_version} (loaded)"
+        else:
+            jax = f"JAX {_installed_jax_version() or 'not installed'} (not imported yet)"
+        return (
+            f"Python {py} | jax-kernel {__version__} | {jax}\n"
+            "Cells run in a supervised worker process: a crash, an out-of-memory kill or a stuck "
+            "XLA loop restarts the worker, not the kernel.\n"
+        )
+
+    @property
+    def kernel_info(self) -> dict[str, t.Any]:
+        info = super().kernel_info
+        # ipykernel's debugger and subshells would act on this process, which runs no user code.
+        info["supported_features"] = []
+        return info
+
+    def pre_handler_hook(self) -> None:
+        """Keep the app's SIGINT forwarding in place while a request is handled."""
+
+    def post_handler_hook(self) -> None:
+        """Nothing to restore: see pre_handler_hook."""
+
+    def _send_interrupt_children(self) -> None:
+        self.manager.interrupt()
+
+    async def create_subshell_request(self, socket: t.Any, ident: t.Any, parent: t.Any) -> None:
+        """Subshells are not offered: the worker runs one cell at a time."""
+        content = {
+            "status": "error",
+            "ename": "NotImplementedError",
+            "evalue": "jax-kernel does not support subshells",
+            "traceback": [],
+        }
+        self.session.send(socket, "create_subshell_reply", content, parent, ident)
+
+    async def do_debug_request(self, msg: dict[str, t.Any]) -> dict[str, t.Any]:
+        return {
+            "type": "response",
+            "request_seq": msg.get("seq"),
+            "success": False,
+            "command": msg.get("command"),
+            "message": "the debugger is not available in jax-kernel",
+        }
+
+    # outputs from the worker -------------------------------------------------------
+    def _publish(self, msg_type: str, content: dict[str, t.Any]) -> None:
+        self.session.send(
+            self.iopub_socket, msg_type, content, parent=self._output_parent, ident=self._topic(msg_type)
+        )
+
+    def _publish_output(self, msg: dict[str, t.Any]) -> None:
+        kind = msg["type"]
+        fields = _OUTPUT_FIELDS.get(kind)
+        if fields is None:
+            return
+        self._publish(kind, {f: msg[f] for f in fields if f in msg})
+
+    def _publish_problem(self, text: str) -> None:
+        self._publish("stream", {"name": "stderr", "text": f"[jax-kernel] {text}\n"})
+
+    # stdin ------------------------------------------------------------------------------
+    def _relay_input_request(self, msg: dict[str, t.Any]) -> None:
+        if self._input_cancel is not None:
+            self._input_cancel.set()
+        cancel = self._input_cancel = threading.Event()
+        asyncio.ensure_future(self._relay_input(msg["prompt"], msg["password"], cancel))
+
+    async def _relay_input(self, prompt: str, password: bool, cancel: threading.Event) -> None:
+        value = await asyncio.to_thread(
+            self._ask_frontend, prompt, password, self._output_ident, self._output_parent, cancel
+        )
+        if value is not None:
+            self.manager.send_input_reply(value)
+
+    def _ask_frontend(
+        self, prompt: str, password: bool, ident: t.Any, parent: t.Any, cancel: threading.Event
+    ) -> str | None:
+        """Blocking input_request/input_reply exchange, run on a thread so the loop keeps going."""
+        sock = self.stdin_socket
+        while True:  # purge stale replies to an earlier, interrupted request
+            try:
+                sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                break
+        self.session.send(
+            sock, "input_request", {"prompt": prompt, "password": password}, parent, ident=ident
+        )
+        while not cancel.is_set():
+            if sock.poll(50):
+                _, reply = self.session.recv(sock)
+                if reply is None:
+                    continue
+                value = reply.get("content", {}).get("value", "")
+                return value if isinstance(value, str) else str(value)
+        return None
+
+    # execute ----------------------------------------------------------------------------
+    async def do_execute(  # type: ignore[override]
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, t.Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: t.Any = None,
+        cell_id: t.Any = None,
+    ) -> dict[str, t.Any]:
+        self._output_parent = self.get_parent("shell")
+        self._output_ident = self._get_shell_context_var(self._shell_parent_ident)
+        death = None if silent else self.manager.take_death_report()
+        if death is not None:
+            return self._error_reply(death, ran=False)
+        # If the worker dies mid-cell, its replacement continues the numbering after this cell.
+        self.manager.execution_count = self._execution_count + (1 if store_history and not silent else 0)
+        try:
+            content = await self.manager.request(
+                "execute",
+                {
+                    "code": code,
+                    "silent": silent,
+                    "store_history": store_history,
+                    "user_expressions": user_expressions or {},
+                    "allow_stdin": allow_stdin,
+                    "output_limit": self.output_limit,
+                },
+            )
+            reply = self._checked_execute_reply(content)
+        except WorkerError as e:
+            self._execution_count = self.manager.execution_count
+            return self._error_reply(e, ran=True)
+        finally:
+            if self._input_cancel is not None:
+                self._input_cancel.set()
+            self._finish_stream_budget()
+        return reply
+
+    def _finish_stream_budget(self) -> None:
+        worker = self.manager.worker
+        notice = worker.stream_budget.take_notice() if worker is not None else None
+        if notice:
+            self._publish("stream", {"name": "stderr", "text": notice})
+
+    def _checked_execute_reply(self, content: dict[str, t.Any]) -> dict[str, t.Any]:
+        status = content.get("status")
+        if status not in ("ok", "error"):
+            raise MalformedReply("execute reply has no valid status")
+        next_count = _require(content, "next_execution_count", int)
+        reply: dict[str, t.Any] = {
+            "status": status,
+            "execution_count": _require(content, "execution_count", int),
+            "user_expressions": _require(content, "user_expressions", dict),
+            "payload": [p for p in _require(content, "payload", list) if isinstance(p, dict)],
+        }
+        if status == "error":
+            reply["ename"] = _require(content, "ename", str)
+            reply["evalue"] = _require(content, "evalue", str)
+            reply["traceback"] = [s for s in _require(content, "traceback", list) if isinstance(s, str)]
+        jax_version = content.get("jax_version")
+        self._jax_loaded_version = jax_version if isinstance(jax_version, str) else None
+        self._execution_count = self.manager.execution_count = next_count
+        return reply
+
+    def _error_reply(self, error: WorkerError, ran: bool) -> dict[str, t.Any]:
+        """End the cell with an error that says what happened to the worker and to the variables."""
+        if isinstance(error, WorkerDied):
+            ename = "WorkerDied"
+            when = "while running this cell" if ran else "after the previous cell ran"
+            evalue = (
+                f"The worker process {error.how} {when}. A fresh worker was started; all variables were lost."
+            )
+            if not ran:
+                evalue += " This cell was not run: run it again."
+            extra = error.diagnostics.strip().splitlines()[-30:]
+        else:
+            ename = type(error).__name__
+            evalue = f"The worker could not run this cell: {error}"
+            extra = []
+        traceback = [f"{_RED}{ename}{_RESET}: {evalue}", *extra]
+        content = {"ename": ename, "evalue": evalue, "traceback": traceback}
+        self._publish("error", content)
+        return {
+            "status": "error",
+            "execution_count": self._execution_count,
+            "user_expressions": {},
+            "payload": [],
+            **content,
+        }
+
+    # introspection ------------------------------------------------------------------------
+    async def _ask(self, kind: str, content: dict[str, t.Any]) -> dict[str, t.Any] | None:
+        try:
+            return await self.manager.request(kind, content, timeout=self.manager.request_timeout)
+        except (TimeoutError, WorkerError) as e:
+            self.log.warning("Worker could not answer %s: %s", kind, e or "timed out")
+            return None
+
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, t.Any]:  # type: ignore[override]
+        cursor = len(code) if cursor_pos is None else cursor_pos
+        empty = {"status": "ok", "matches": [], "cursor_start": cursor, "cursor_end": cursor, "metadata": {}}
+        content = await self._ask("complete", {"code": code, "cursor_pos": cursor})
+        try:
+            if content is None:
+                return empty
+            matches = [m for m in _require(content, "matches", list) if isinstance(m, str)]
+            return {
+                "status": "ok",
+                "matches": matches,
+                "cursor_start": _require(content, "cursor_start", int),
+                "cursor_end": _require(content, "cursor_end", int),
+                "metadata": _require(content, "metadata", dict),
+            }
+        except MalformedReply:
+            return empty
+
+    async def do_inspect(
+        self,
+        code: str,
+        cursor_pos: int,
+        detail_level: int = 0,  # type: ignore[override]
+        omit_sections: t.Any = (),
+    ) -> dict[str, t.Any]:
+        content = await self._ask(
+            "inspect",
+            {
+                "code": code,
+                "cursor_pos": cursor_pos,
+                "detail_level": detail_level,
+                "omit_sections": list(omit_sections),
+            },
+        )
+        try:
+            if content is None:
+                raise MalformedReply("no reply")
+            return {
+                "status": "ok",
+                "found": bool(content.get("found")),
+                "data": _require(content, "data", dict),
+                "metadata": _require(content, "metadata", dict),
+            }
+        except MalformedReply:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+
+    async def do_is_complete(self, code: str) -> dict[str, t.Any]:  # type: ignore[override]
+        content = await self._ask("is_complete", {"code": code})
+        status = content.get("status") if content else None
+        if status not in ("complete", "incomplete", "invalid", "unknown"):
+            return {"status": "unknown"}
+        reply = {"status": status}
+        if status == "incomplete" and isinstance(content.get("indent"), str):
+            reply["indent"] = content["indent"]
+        return reply
+
+    async def do_history(
+        self,
+        hist_access_type: str,
+        output: bool,
+        raw: bool,
+        session: int = 0,  # type: ignore[override]
+        start: int = 0,
+        stop: int | None = None,
+        n: int | None = None,
+        pattern: str | None = None,
+        unique: bool = False,
+    ) -> dict[str, t.Any]:
+        content = await self._ask(
+            "history",
+            {
+                "hist_access_type": hist_access_type,
+                "output": output,
+                "raw": raw,
+                "session": session,
+                "start": start,
+                "stop": stop,
+                "n": n,
+                "pattern": pattern,
+                "unique": unique,
+            },
+        )
+        history = content.get("history") if content else None
+        if not isinstance(history, list):
+            history = []
+        return {"status": "ok", "history": [h for h in history if isinstance(h, list) and len(h) == 3]}
+
+    async def do_shutdown(self, restart: bool) -> dict[str, t.Any]:  # type: ignore[override]
+        await self.manager.shutdown()
+        return {"status": "ok", "restart": restart}

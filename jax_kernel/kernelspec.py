@@ -1,0 +1,88 @@
+"""The ``jax`` kernelspec: where its files live and ``python -m jax_kernel install``.
+
+``pip install`` already registers the spec (the wheel ships ``kernelspec/`` as shared
+data in ``share/jupyter/kernels/jax``, as ipykernel does for ``python3``); this command
+installs it elsewhere (``--user``, ``--sys-prefix``, ``--prefix``) with ``argv[0]``
+pinned to this interpreter, so the kernel runs in this environment wherever it is listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager
+from traitlets import Unicode
+from traitlets.config import Application
+
+KERNEL_NAME = "jax"
+
+
+def kernelspec_source() -> Path:
+    """The kernelspec files shipped with the package (or, in a source checkout, the repo's)."""
+    packaged = Path(__file__).parent / "data" / "kernelspec"
+    if (packaged / "kernel.json").exists():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "kernelspec"
+
+
+def write_kernel_spec(path: Path, python: str = sys.executable, display_name: str | None = None) -> Path:
+    """Write the kernelspec into ``path`` with argv[0] set to ``python``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for item in kernelspec_source().iterdir():
+        if item.is_file():
+            shutil.copy(item, path / item.name)
+    spec_file = path / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["argv"][0] = python
+    if display_name:
+        spec["display_name"] = display_name
+    spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+    return path
+
+
+def install(
+    user: bool = False, prefix: str | None = None, name: str = KERNEL_NAME, display_name: str | None = None
+) -> str:
+    """Install the kernelspec and return the directory it went to."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_kernel_spec(Path(tmp) / name, display_name=display_name)
+        return KernelSpecManager().install_kernel_spec(str(src), name, user=user, prefix=prefix)
+
+
+class InstallJaxKernelSpecApp(Application):
+    """``python -m jax_kernel install [--user | --sys-prefix | --prefix P]``."""
+
+    name = Unicode("jax-kernel-install")
+    description = "Install the jax kernelspec."
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        self.argv = sys.argv[1:] if argv is None else argv
+
+    def start(self) -> None:
+        parser = argparse.ArgumentParser(prog="python -m jax_kernel install", description=self.description)
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("--user", action="store_true", help="install for the current user")
+        where.add_argument(
+            "--sys-prefix",
+            action="store_const",
+            const=sys.prefix,
+            dest="prefix",
+            help=f"install into sys.prefix ({sys.prefix})",
+        )
+        where.add_argument("--prefix", help="install under this prefix (share/jupyter/kernels)")
+        parser.add_argument("--name", default=KERNEL_NAME, help="kernelspec name (default: jax)")
+        parser.add_argument("--display-name", help="name shown in frontends")
+        opts = parser.parse_args(self.argv)
+        try:
+            dest = install(user=opts.user, prefix=opts.prefix, name=opts.name, display_name=opts.display_name)
+        except OSError as e:
+            print(
+                f"error: could not install the kernelspec: {e}. Try --user or --sys-prefix.", file=sys.stderr
+            )
+            self.exit(1)
+        print(f"Installed kernelspec {opts.name} in {dest}")

@@ -1,0 +1,266 @@
+"""The worker's life cycle, seen from the kernel: start, request, interrupt, replace, stop.
+
+One worker at a time.  When it dies (crash, OOM kill, or killed by us because it ignored
+an interrupt) the request in flight fails with :class:`WorkerDied`, a replacement is
+started at once, and the kernel goes on.  A death between cells is kept as a report for
+the next cell.  All of this runs on the kernel's event loop thread; only
+:meth:`WorkerManager.interrupt` may be called from another thread or a signal handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from traitlets import Dict, Float, Integer, List, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from . import wire
+from .process import WorkerProcess, default_worker_argv, describe_exit
+
+
+class WorkerError(Exception):
+    """The worker could not serve a request."""
+
+
+class WorkerDied(WorkerError):
+    """The worker process ended while (or before) serving a request."""
+
+    def __init__(self, how: str, diagnostics: str = "", during_request: bool = True) -> None:
+        super().__init__(how)
+        self.how = how
+        self.diagnostics = diagnostics
+        self.during_request = during_request
+
+
+class WorkerStartFailed(WorkerError):
+    """A fresh worker did not become ready."""
+
+
+class WorkerManager(LoggingConfigurable):
+    """Starts and supervises the worker process that runs every cell."""
+
+    worker_argv = List(
+        Unicode(),
+        help="Command that starts a worker; the kernel appends the wire descriptor and a JSON config. "
+        "Defaults to this interpreter running jax_kernel.worker.",
+    ).tag(config=True)
+
+    @default("worker_argv")
+    def _default_worker_argv(self) -> list[str]:
+        return default_worker_argv()
+
+    worker_env = Dict(
+        Unicode(),
+        help="Environment variables set (or, with an empty value, removed) for the worker, "
+        "on top of the kernel's own environment.",
+    ).tag(config=True)
+
+    start_timeout = Float(60.0, help="Seconds a new worker may take to become ready.").tag(config=True)
+
+    interrupt_grace = Float(
+        3.0,
+        help="Seconds an interrupted cell has to stop before the worker is killed and replaced "
+        "(a jitted XLA loop cannot see KeyboardInterrupt).",
+    ).tag(config=True)
+
+    request_timeout = Float(
+        30.0, help="Seconds to wait for a reply to completion, inspection and history requests."
+    ).tag(config=True)
+
+    shutdown_timeout = Float(2.0, help="Seconds a worker has to exit cleanly before it is killed.").tag(
+        config=True
+    )
+
+    max_message_bytes = Integer(
+        wire.DEFAULT_MAX_FRAME,
+        help="Largest single message accepted from the worker; larger ones are discarded with a notice.",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.worker: WorkerProcess | None = None
+        self.execution_count = 1
+        self.stream_limit = 5_000_000
+        self.output_handler: Callable[[dict[str, Any]], None] = lambda msg: None
+        self.problem_handler: Callable[[str], None] = lambda text: None
+        self.input_handler: Callable[[dict[str, Any]], None] = lambda msg: None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[WorkerProcess, asyncio.Future[dict[str, Any]], str]] = {}
+        self._death_report: WorkerDied | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.starts = 0
+
+    # life cycle -------------------------------------------------------------------
+    def start(self) -> WorkerProcess:
+        """Spawn a fresh worker now; it becomes usable once it says it is ready."""
+        self._loop = asyncio.get_running_loop()
+        env = dict(os.environ)
+        env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        for key, value in self.worker_env.items():
+            if value:
+                env[key] = value
+            else:
+                env.pop(key, None)
+        self.worker = WorkerProcess(
+            argv=list(self.worker_argv),
+            env=env,
+            config={
+                "execution_count": self.execution_count,
+                "output_limit": self.stream_limit,
+                "max_frame": self.max_message_bytes,
+            },
+            max_frame=self.max_message_bytes,
+            stream_limit=self.stream_limit,
+            loop=self._loop,
+            on_message=self._on_message,
+            on_problem=self._on_problem,
+            on_exit=self._on_exit,
+            log=self.log,
+        )
+        self.starts += 1
+        self.log.info("Started worker %s", self.worker.pid)
+        return self.worker
+
+    async def ready_worker(self) -> WorkerProcess:
+        """The current worker once ready, starting one if there is none."""
+        worker = self.worker if self.worker is not None else self.start()
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.ready), self.start_timeout)
+        except TimeoutError:
+            worker.kill("it did not become ready in time")
+            self.worker = None
+            raise WorkerStartFailed(
+                f"the worker did not start within {self.start_timeout:g} s "
+                "(raise WorkerManager.start_timeout if the machine is slow)"
+            ) from None
+        except WorkerDied as e:
+            raise WorkerStartFailed(f"the worker {e.how} while starting.\n{e.diagnostics}".rstrip()) from None
+        return worker
+
+    def take_death_report(self) -> WorkerDied | None:
+        """A death that happened between cells, reported once to the next cell."""
+        report, self._death_report = self._death_report, None
+        return report
+
+    async def shutdown(self) -> None:
+        """Stop the worker, politely first; no process is left behind."""
+        self._stopping = True
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return
+        if worker.ready.done() and not worker.ready.exception():
+            worker.send({"type": "shutdown", "id": next(self._ids)})
+            if await asyncio.to_thread(worker.wait, self.shutdown_timeout) is not None:
+                return
+        worker.kill("the kernel is shutting down")
+        await asyncio.to_thread(worker.wait, 5.0)
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (atexit): make sure no worker outlives the kernel."""
+        self._stopping = True
+        if self.worker is not None and self.worker.alive():
+            self.worker.kill("the kernel exited")
+
+    # requests ---------------------------------------------------------------------
+    async def request(
+        self, kind: str, content: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one request and wait for its reply (raises WorkerDied if the worker ends first)."""
+        worker = await self.ready_worker()
+        req_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = (worker, fut, kind)
+        if kind == "execute":
+            worker.stream_budget.reset(self.stream_limit + 1024)  # room for the worker's own notice
+        worker.send({"type": kind, "id": req_id, **content})
+        try:
+            return await asyncio.wait_for(fut, timeout) if timeout else await fut
+        finally:
+            self._pending.pop(req_id, None)
+
+    def executing(self) -> WorkerProcess | None:
+        """The worker running a cell right now, if any."""
+        for worker, fut, kind in self._pending.values():
+            if kind == "execute" and not fut.done():
+                return worker
+        return None
+
+    def send_input_reply(self, value: str) -> None:
+        """Answer the worker's pending ``input()``."""
+        if self.worker is not None:
+            self.worker.send({"type": "input_reply", "id": 0, "value": value})
+
+    # interrupt ----------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Interrupt the running cell; thread- and signal-safe."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._interrupt)
+
+    def _interrupt(self) -> None:
+        worker = self.executing()
+        if worker is None:
+            return  # nothing runs: an interrupt between cells is a no-op, as in ipykernel
+        worker.interrupt()
+        if not worker.grace_armed:
+            worker.grace_armed = True
+            assert self._loop is not None
+            self._loop.call_later(self.interrupt_grace, self._grace_expired, worker)
+
+    def _grace_expired(self, worker: WorkerProcess) -> None:
+        worker.grace_armed = False
+        if worker is self.worker and self.executing() is worker:
+            self.log.warning(
+                "Worker %s ignored the interrupt for %.1f s; killing it", worker.pid, self.interrupt_grace
+            )
+            worker.kill(
+                f"did not stop within {self.interrupt_grace:g} s of the interrupt (it was stuck in native "
+                "code, such as a jitted XLA loop), so it was killed"
+            )
+
+    # callbacks from the worker's threads (on the loop) -----------------------------
+    def _on_message(self, worker: WorkerProcess, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "reply":
+            entry = self._pending.get(msg["id"])
+            if entry is not None and entry[0] is worker and not entry[1].done():
+                entry[1].set_result(msg["content"])
+        elif kind == "ready":
+            if msg["protocol"] != wire.PROTOCOL_VERSION:
+                worker.kill(f"it speaks wire protocol {msg['protocol']}, not {wire.PROTOCOL_VERSION}")
+            elif not worker.ready.done():
+                worker.ready.set_result(msg)
+                self.log.info("Worker %s ready", worker.pid)
+        elif worker is self.worker:
+            if kind == "input_request":
+                self.input_handler(msg)
+            else:
+                self.output_handler(msg)
+
+    def _on_problem(self, worker: WorkerProcess, text: str) -> None:
+        if worker is self.worker:
+            self.problem_handler(text)
+
+    def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
+        how = worker.kill_reason or describe_exit(returncode)
+        self.log.warning("Worker %s %s", worker.pid, how)
+        death = WorkerDied(how, worker.diagnostics())
+        if not worker.ready.done():
+            worker.ready.set_exception(death)
+            worker.ready.exception()  # mark retrieved: a failed start is reported by ready_worker
+        in_flight = False
+        for w, fut, _kind in list(self._pending.values()):
+            if w is worker and not fut.done():
+                fut.set_exception(death)
+                in_flight = True
+        if worker is not self.worker or self._stopping:
+            return
+        self.worker = None
+        if not in_flight:
+            self._death_report = WorkerDied(how, worker.diagnostics(), during_request=False)
+        if worker.ready.done() and worker.ready.exception() is None:
+            self.start()  # replace it at once so the next cell does not wait

@@ -1,0 +1,200 @@
+"""Kernel side of one worker process: spawning it, reading its wire and its diagnostics.
+
+Two daemon threads per worker read what it sends: the wire (validated, size-bounded
+JSON frames, handed to the event loop one by one) and its original stderr (kept as a
+bounded tail, so that a crash report can quote what faulthandler printed).  Nothing the
+worker sends can raise in the kernel: bad frames are logged and reported, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import wire
+from .budget import OutputBudget
+
+#: Bytes of the worker's stderr kept for crash reports.
+DIAG_TAIL = 16 * 1024
+
+SIGNAL_MEANINGS = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGABRT: "aborted",
+    signal.SIGBUS: "bus error",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGTERM: "terminated",
+    signal.SIGXCPU: "CPU time limit exceeded",
+}
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Say in words how a worker process ended, for the cell that saw it happen."""
+    if returncode is None:
+        return "stopped responding"
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        sig = signal.Signals(-returncode)
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+    if sig == signal.SIGKILL:
+        return "was killed by SIGKILL, likely out of memory (the OOM killer or a memory limit)"
+    meaning = SIGNAL_MEANINGS.get(sig)
+    return f"was killed by signal {sig.name}" + (f" ({meaning})" if meaning else "")
+
+
+class WorkerProcess:
+    """One running worker: its process, its wire connection and the threads that read them."""
+
+    def __init__(
+        self,
+        *,
+        argv: list[str],
+        env: Mapping[str, str],
+        config: dict[str, Any],
+        max_frame: int,
+        stream_limit: int,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[WorkerProcess, dict[str, Any]], None],
+        on_problem: Callable[[WorkerProcess, str], None],
+        on_exit: Callable[[WorkerProcess, int | None], None],
+        log: logging.Logger,
+        cwd: str | None = None,
+    ) -> None:
+        self.log = log
+        self._loop = loop
+        self._on_message = on_message
+        self._on_problem = on_problem
+        self._on_exit = on_exit
+        self.kill_reason: str | None = None
+        self.grace_armed = False  # an interrupt's kill timer is pending
+        self.ready = loop.create_future()
+        self.stream_budget = OutputBudget(stream_limit)
+        self._diag = bytearray()
+        self._diag_lock = threading.Lock()
+
+        parent_sock, child_sock = socket.socketpair()
+        child_fd = child_sock.fileno()
+        config = dict(config, parent_pid=os.getpid())
+        self.started_at = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, str(child_fd), json.dumps(config)],
+                pass_fds=(child_fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # the kernel, not the terminal, decides who gets SIGINT
+                env=dict(env),
+                cwd=cwd,
+            )
+        finally:
+            child_sock.close()
+        self.pid = self.proc.pid
+        self.conn = wire.Connection(parent_sock, max_frame=max_frame)
+        threading.Thread(target=self._read_wire, name=f"worker-{self.pid}-wire", daemon=True).start()
+        threading.Thread(target=self._read_diag, name=f"worker-{self.pid}-diag", daemon=True).start()
+
+    # threads ------------------------------------------------------------------
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, self, *args)
+        except RuntimeError:
+            pass  # the loop is closed: the kernel is shutting down
+
+    def _read_wire(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+                assert msg is not None
+                wire.validate_worker_message(msg)
+            except EOFError:
+                break
+            except OSError:
+                break
+            except wire.WireError as e:
+                self.log.warning("Dropped a bad frame from worker %s: %s", self.pid, e)
+                self._post(self._on_problem, f"dropped a malformed message from the worker ({e})")
+                continue
+            if msg["type"] == "stream":
+                text = self.stream_budget.admit(msg["text"])
+                if not text:
+                    continue
+                msg["text"] = text
+            self._post(self._on_message, msg)
+        self.conn.close()
+        returncode: int | None
+        try:
+            returncode = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            # It closed its end of the wire but lives on: it is of no use to anyone.
+            self.log.warning("Worker %s closed its connection but did not exit; killing it", self.pid)
+            self.kill("it closed its connection without exiting")
+            returncode = self.proc.wait()
+        self._post(self._on_exit, returncode)
+
+    def _read_diag(self) -> None:
+        assert self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, b""):
+            with self._diag_lock:
+                self._diag += line[:DIAG_TAIL]
+                del self._diag[:-DIAG_TAIL]
+            self.log.warning("worker %s: %s", self.pid, line.decode("utf-8", "replace").rstrip())
+        self.proc.stderr.close()
+
+    # control --------------------------------------------------------------------
+    def diagnostics(self) -> str:
+        """The last lines the worker wrote to its original stderr (faulthandler's stack, ...)."""
+        with self._diag_lock:
+            return self._diag.decode("utf-8", "replace")
+
+    def send(self, msg: Mapping[str, Any]) -> bool:
+        """Send a request; False if the worker is gone (its exit is reported separately)."""
+        try:
+            self.conn.send(msg)
+            return True
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        """Whether the process has not exited yet."""
+        return self.proc.poll() is None
+
+    def interrupt(self) -> None:
+        """Deliver SIGINT to the worker alone."""
+        try:
+            os.kill(self.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the worker, remembering why so its exit can be explained."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for the process to exit; None if it is still running."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def default_worker_argv() -> list[str]:
+    """The worker runs in the kernel's interpreter unless configured otherwise."""
+    return [sys.executable, "-m", "jax_kernel.worker"]

@@ -1,0 +1,192 @@
+"""The one definition of the kernel <-> worker wire, imported by both sides.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON
+holding one object with a ``type`` field.  JSON only: the kernel treats every byte
+from the worker as hostile, so nothing here can execute code on decode (no pickle),
+every frame is size-bounded before it is read into memory, and every message is
+checked against :data:`WORKER_MESSAGES` before the kernel acts on it.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+#: Bumped whenever a message changes shape; both sides refuse a mismatch.
+PROTOCOL_VERSION = 1
+
+HEADER = struct.Struct(">I")
+#: Largest frame either side will send or accept unless configured otherwise.
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+#: Stream text is cut into chunks of at most this many characters per frame.
+STREAM_CHUNK = 64 * 1024
+
+_MIME = dict  # a MIME bundle: {mimetype: str | JSON}
+
+#: Messages the worker may send, with their required fields and types.
+#: Optional fields are listed in :data:`OPTIONAL_FIELDS`.
+WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "ready": {"pid": int, "protocol": int, "execution_count": int},
+    "stream": {"name": str, "text": str},
+    "display_data": {"data": _MIME, "metadata": dict},
+    "update_display_data": {"data": _MIME, "metadata": dict},
+    "clear_output": {"wait": bool},
+    "execute_result": {"execution_count": int, "data": _MIME, "metadata": dict},
+    "error": {"ename": str, "evalue": str, "traceback": list},
+    "input_request": {"prompt": str, "password": bool},
+    "reply": {"id": int, "content": dict},
+}
+
+OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "display_data": {"transient": dict},
+    "update_display_data": {"transient": dict},
+    "ready": {"python": str, "jax_version": str},
+}
+
+#: Requests the kernel sends to the worker (the worker trusts the kernel).
+KERNEL_REQUESTS = frozenset(
+    {"execute", "complete", "inspect", "is_complete", "history", "info", "input_reply", "shutdown"}
+)
+
+STREAM_NAMES = frozenset({"stdout", "stderr"})
+
+
+class WireError(ValueError):
+    """A frame or message that breaks the wire format."""
+
+
+class FrameTooLarge(WireError):
+    """A frame whose announced length exceeds the limit; its bytes were discarded."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+def encode(msg: Mapping[str, Any]) -> bytes:
+    """Serialize one message into a length-prefixed frame."""
+    body = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    """Parse a frame body; anything but a JSON object with a string ``type`` is a WireError."""
+    try:
+        msg = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise WireError(f"frame is not valid JSON: {e}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise WireError("frame is not a JSON object with a string 'type'")
+    return msg
+
+
+def _check_fields(msg: Mapping[str, Any], spec: Mapping[str, Any], required: bool) -> None:
+    for field, kind in spec.items():
+        if field not in msg:
+            if required:
+                raise WireError(f"{msg['type']!r} message lacks field {field!r}")
+            continue
+        value = msg[field]
+        # bool is an int subclass: an int field must not accept True/False, and vice versa.
+        if isinstance(value, bool) and kind is not bool:
+            raise WireError(f"field {field!r} of {msg['type']!r} has type bool")
+        if not isinstance(value, kind):
+            raise WireError(f"field {field!r} of {msg['type']!r} has type {type(value).__name__}")
+
+
+def validate_worker_message(msg: dict[str, Any]) -> dict[str, Any]:
+    """Check a decoded message from the (untrusted) worker against the schema."""
+    spec = WORKER_MESSAGES.get(msg["type"])
+    if spec is None:
+        raise WireError(f"unknown message type {msg['type']!r}")
+    _check_fields(msg, spec, required=True)
+    _check_fields(msg, OPTIONAL_FIELDS.get(msg["type"], {}), required=False)
+    if msg["type"] == "stream" and msg["name"] not in STREAM_NAMES:
+        raise WireError(f"unknown stream name {msg['name']!r}")
+    if "data" in spec and not all(isinstance(k, str) for k in msg["data"]):
+        raise WireError("MIME bundle keys must be strings")
+    if msg["type"] == "error" and not all(isinstance(line, str) for line in msg["traceback"]):
+        raise WireError("traceback entries must be strings")
+    return msg
+
+
+class Connection:
+    """A framed, thread-safe-for-sending JSON channel over a connected stream socket.
+
+    Receiving keeps its partial frame in ``self._buf`` between calls so that a
+    ``KeyboardInterrupt`` raised between two reads never desynchronises the stream.
+    """
+
+    def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.sock = sock
+        self.max_frame = max_frame
+        self._send_lock = threading.Lock()
+        self._buf = bytearray()
+        self._discard = 0  # bytes of an oversized frame still to skip
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for select()."""
+        return self.sock.fileno()
+
+    def send(self, msg: Mapping[str, Any]) -> None:
+        """Send one message; safe to call from several threads."""
+        frame = encode(msg)
+        with self._send_lock:
+            self.sock.sendall(frame)
+
+    def _fill(self, timeout: float | None) -> bool:
+        """Read more bytes into the buffer; False on timeout, EOFError on close."""
+        if timeout is not None:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+            if not ready:
+                return False
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise EOFError("connection closed")
+        self._buf += chunk
+        return True
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Return the next message, None on timeout.
+
+        Raises EOFError when the peer closed, FrameTooLarge after skipping an
+        oversized frame, and WireError for a frame that is not a message.
+        """
+        while True:
+            if self._discard:
+                n = min(self._discard, len(self._buf))
+                del self._buf[:n]
+                self._discard -= n
+                if self._discard:
+                    if not self._fill(timeout):
+                        return None
+                    continue
+            if len(self._buf) >= HEADER.size:
+                (size,) = HEADER.unpack_from(self._buf)
+                if size > self.max_frame:
+                    del self._buf[: HEADER.size]
+                    self._discard = size
+                    n = min(self._discard, len(self._buf))
+                    del self._buf[:n]
+                    self._discard -= n
+                    raise FrameTooLarge(size, self.max_frame)
+                end = HEADER.size + size
+                if len(self._buf) >= end:
+                    body = bytes(self._buf[HEADER.size : end])
+                    del self._buf[:end]
+                    return decode(body)
+            if not self._fill(timeout):
+                return None
+
+    def close(self) -> None:
+        """Close the socket; pending sends in other threads fail with OSError."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,54 @@
+"""Entry point of the worker process: ``python -m jax_kernel.worker FD CONFIG_JSON``.
+
+Order matters.  The first thing the worker does is arrange to die with the kernel
+(``PR_SET_PDEATHSIG``), so that no orphan ever keeps an accelerator busy; only then does
+it import IPython, and JAX is imported later still, by cell code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(expected_ppid: int) -> None:
+    """Ask Linux to SIGKILL us when the kernel exits, and exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if expected_ppid and os.getppid() != expected_ppid:
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start the worker on the socket descriptor the kernel passed us."""
+    argv = sys.argv[1:] if argv is None else argv
+    fd = int(argv[0])
+    config = json.loads(argv[1]) if len(argv) > 1 else {}
+    die_with_parent(int(config.get("parent_pid", 0)))
+    # faulthandler writes to the kernel's diagnostic pipe (the original fd 2), which the
+    # kernel keeps so that a segfault's Python stack can be shown on the cell that died.
+    import faulthandler
+
+    diag = os.fdopen(os.dup(2), "w", buffering=1)
+    faulthandler.enable(file=diag)
+
+    from .. import wire
+    from .server import WorkerServer
+
+    sock = socket.socket(fileno=fd)
+    conn = wire.Connection(sock, max_frame=int(config.get("max_frame", wire.DEFAULT_MAX_FRAME)))
+    sys.argv = [""]
+    WorkerServer(conn, config).serve_forever()
+    conn.close()
+    os._exit(0)  # skip interpreter teardown: XLA's threads can make it slow or hang
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The worker's request loop: one request at a time from the kernel, one reply each.
+
+SIGINT raises ``KeyboardInterrupt`` only while user code runs.  Anywhere else (waiting
+for a request, sending a reply, waiting for an ``input_reply``) it is recorded and acted
+on at a safe point, so an interrupt can never tear a frame or lose a reply.
+"""
+
+from __future__ import annotations
+
+import builtins
+import getpass
+import signal
+import sys
+import traceback
+from typing import Any
+
+from ipykernel.jsonutil import json_clean
+from IPython.core import release
+from IPython.core.completer import provisionalcompleter, rectify_completions
+from IPython.core.error import StdinNotImplementedError
+from IPython.utils.tokenutil import token_at_cursor
+
+from .. import wire
+from ..budget import OutputBudget
+from .shell import WorkerShell
+from .streams import FdCapture, OutStream
+
+EXPERIMENTAL_TYPES_KEY = "_jupyter_types_experimental"
+
+
+class WorkerServer:
+    """Runs the kernel's requests against one IPython shell."""
+
+    def __init__(self, conn: wire.Connection, config: dict[str, Any]) -> None:
+        self.conn = conn
+        self.budget = OutputBudget(int(config.get("output_limit", 5_000_000)))
+        interval = float(config.get("flush_interval", 0.05))
+        self.stdout = OutStream("stdout", conn.send, self.budget, interval)
+        self.stderr = OutStream("stderr", conn.send, self.budget, interval)
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        self.fd_capture = FdCapture({1: self.stdout, 2: self.stderr})
+
+        self.shell = WorkerShell.instance(send=self._send_output)
+        self.shell.execution_count = int(config.get("execution_count", 1))
+        self.shell.user_ns.update(config.get("user_ns", {}))
+        builtins.input = self.raw_input
+        getpass.getpass = self.getpass
+
+        self.allow_stdin = False
+        self.interruptible = False
+        self.pending_interrupt = False
+        self.running = True
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+        self.handlers = {
+            "execute": self.do_execute,
+            "complete": self.do_complete,
+            "inspect": self.do_inspect,
+            "is_complete": self.do_is_complete,
+            "history": self.do_history,
+            "info": self.do_info,
+            "shutdown": self.do_shutdown,
+        }
+
+    # plumbing ---------------------------------------------------------------
+    def _send_output(self, msg: dict[str, Any]) -> None:
+        self.conn.send(msg)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interruptible:
+            raise KeyboardInterrupt
+        self.pending_interrupt = True
+
+    def serve_forever(self) -> None:
+        """Answer requests until the kernel asks us to stop or goes away."""
+        self.conn.send(
+            {
+                "type": "ready",
+                "pid": __import__("os").getpid(),
+                "protocol": wire.PROTOCOL_VERSION,
+                "execution_count": self.shell.execution_count,
+                "python": sys.version.split()[0],
+            }
+        )
+        while self.running:
+            try:
+                msg = self.conn.recv(timeout=None)
+            except EOFError:
+                break
+            assert msg is not None
+            handler = self.handlers.get(msg["type"])
+            if handler is None:
+                continue  # a stale input_reply after an interrupted input(), for one
+            try:
+                content = handler(msg)
+            except BaseException as e:  # noqa: BLE001 - a request must always get a reply
+                content = {
+                    "status": "error",
+                    "ename": type(e).__name__,
+                    "evalue": str(e),
+                    "traceback": traceback.format_exception(e),
+                }
+            self.conn.send({"type": "reply", "id": msg["id"], "content": json_clean(content)})
+
+    # stdin ------------------------------------------------------------------
+    def _input_request(self, prompt: str, password: bool) -> str:
+        if not self.allow_stdin:
+            raise StdinNotImplementedError(
+                "input was called, but this frontend does not support input requests."
+            )
+        self.stdout.flush()
+        self.stderr.flush()
+        self.interruptible = False
+        try:
+            self.conn.send({"type": "input_request", "prompt": str(prompt), "password": password})
+            while True:
+                if self.pending_interrupt:
+                    self.pending_interrupt = False
+                    raise KeyboardInterrupt("Interrupted by user")
+                msg = self.conn.recv(timeout=0.1)
+                if msg is not None and msg["type"] == "input_reply":
+                    break
+        finally:
+            self.interruptible = True
+        value = str(msg.get("value", ""))
+        if value == "\x04":
+            raise EOFError
+        return value
+
+    def raw_input(self, prompt: str = "") -> str:
+        """``input()`` for cell code: an ``input_request`` to the frontend."""
+        return self._input_request(prompt, password=False)
+
+    def getpass(self, prompt: str = "Password: ", stream: Any = None) -> str:
+        """``getpass.getpass()`` for cell code: a password ``input_request``."""
+        return self._input_request(prompt, password=True)
+
+    # requests ---------------------------------------------------------------
+    def do_execute(self, msg: dict[str, Any]) -> dict[str, Any]:
+        shell = self.shell
+        self.budget.reset(int(msg.get("output_limit", self.budget.limit)))
+        self.allow_stdin = bool(msg.get("allow_stdin", False))
+        self.pending_interrupt = False
+        self.interruptible = True
+        try:
+            res = shell.run_cell(
+                msg["code"], store_history=msg.get("store_history", True), silent=msg.get("silent", False)
+            )
+            err = res.error_before_exec or res.error_in_exec
+            success = res.success
+        except KeyboardInterrupt as e:  # outside user code proper, e.g. in a post-execute hook
+            shell.showtraceback()
+            err, success = e, False
+        finally:
+            self.interruptible = False
+        self.fd_capture.drain()
+        notice = self.budget.take_notice()
+        if notice:
+            self.conn.send({"type": "stream", "name": "stderr", "text": notice})
+
+        reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
+        if success:
+            reply["status"] = "ok"
+            reply["user_expressions"] = shell.user_expressions(msg.get("user_expressions") or {})
+        else:
+            last = shell.last_error or {}
+            reply.update(
+                status="error",
+                ename=type(err).__name__,
+                evalue=str(err),
+                traceback=last.get("traceback", []),
+                user_expressions={},
+            )
+        reply["payload"] = shell.payload_manager.read_payload()
+        shell.payload_manager.clear_payload()
+        reply["next_execution_count"] = shell.execution_count
+        reply["jax_version"] = getattr(sys.modules.get("jax"), "__version__", None)
+        return reply
+
+    def do_complete(self, msg: dict[str, Any]) -> dict[str, Any]:
+        code = msg["code"]
+        cursor_pos = msg.get("cursor_pos")
+        if cursor_pos is None:
+            cursor_pos = len(code)
+        with provisionalcompleter():
+            raw = self.shell.Completer.completions(code, cursor_pos)
+            completions = list(rectify_completions(code, raw))
+            types = [
+                {"start": c.start, "end": c.end, "text": c.text, "type": c.type, "signature": c.signature}
+                for c in completions
+            ]
+        start = completions[0].start if completions else cursor_pos
+        end = completions[0].end if completions else cursor_pos
+        return {
+            "status": "ok",
+            "matches": [c.text for c in completions],
+            "cursor_start": start,
+            "cursor_end": end,
+            "metadata": {EXPERIMENTAL_TYPES_KEY: types},
+        }
+
+    def do_inspect(self, msg: dict[str, Any]) -> dict[str, Any]:
+        name = token_at_cursor(msg["code"], msg.get("cursor_pos", len(msg["code"])))
+        reply: dict[str, Any] = {"status": "ok", "data": {}, "metadata": {}, "found": False}
+        try:
+            bundle = self.shell.object_inspect_mime(
+                name, detail_level=msg.get("detail_level", 0), omit_sections=msg.get("omit_sections", ())
+            )
+        except KeyError:
+            return reply
+        if not self.shell.enable_html_pager:
+            bundle.pop("text/html", None)
+        reply["data"] = bundle
+        reply["found"] = True
+        return reply
+
+    def do_is_complete(self, msg: dict[str, Any]) -> dict[str, Any]:
+        status, indent = self.shell.input_transformer_manager.check_complete(msg["code"])
+        reply: dict[str, Any] = {"status": status}
+        if status == "incomplete":
+            reply["indent"] = " " * (indent or 0)
+        return reply
+
+    def do_history(self, msg: dict[str, Any]) -> dict[str, Any]:
+        hm = self.shell.history_manager
+        kind = msg.get("hist_access_type", "tail")
+        raw, output = msg.get("raw", True), msg.get("output", False)
+        if kind == "tail":
+            hist = hm.get_tail(msg.get("n") or 10, raw=raw, output=output, include_latest=True)
+        elif kind == "range":
+            hist = hm.get_range(
+                msg.get("session", 0), msg.get("start", 0), msg.get("stop"), raw=raw, output=output
+            )
+        elif kind == "search":
+            hist = hm.search(
+                msg.get("pattern", "*"),
+                raw=raw,
+                output=output,
+                n=msg.get("n"),
+                unique=msg.get("unique", False),
+            )
+        else:
+            hist = []
+        return {"status": "ok", "history": [list(h) for h in hist]}
+
+    def do_info(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "python": sys.version.split()[0],
+            "ipython": release.version,
+            "jax_version": getattr(sys.modules.get("jax"), "__version__", None),
+            "execution_count": self.shell.execution_count,
+        }
+
+    def do_shutdown(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.running = False
+        return {"status": "ok"}

@@ -1,0 +1,151 @@
+"""Output capture in the worker: Python-level text streams and the raw stdout/stderr descriptors.
+
+Output is batched (a flush at most every ``flush_interval`` seconds, or at once past
+one chunk) so a loop printing 100 000 lines costs a few hundred frames, not 100 000,
+and it still streams while the cell runs.  Each cell has an output budget: past it the
+text is dropped here, before it crosses the wire, and one notice says how much.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import wire
+from ..budget import OutputBudget
+
+Send = Callable[[dict[str, Any]], None]
+
+
+class OutStream(io.TextIOBase):
+    """A text stream that sends ``stream`` messages, batched on a flusher thread."""
+
+    def __init__(self, name: str, send: Send, budget: OutputBudget, flush_interval: float) -> None:
+        super().__init__()
+        self.name = name
+        self._send = send
+        self._budget = budget
+        self._interval = flush_interval
+        self._buf: list[str] = []
+        self._size = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # io.TextIOBase API ------------------------------------------------------
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        # Libraries that ask for a descriptor (faulthandler, subprocess) get the real fd,
+        # which FdCapture forwards as well.
+        return 1 if self.name == "stdout" else 2
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if not text:
+            return 0
+        with self._cond:
+            self._buf.append(text)
+            self._size += len(text)
+            if self._size >= wire.STREAM_CHUNK:
+                self._flush_locked()
+            elif len(self._buf) == 1:
+                self._ensure_thread()
+                self._cond.notify()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._cond:
+            self._flush_locked()
+
+    # internals --------------------------------------------------------------
+    def _flush_locked(self) -> None:
+        if not self._buf:
+            return
+        text = self._budget.admit("".join(self._buf))
+        self._buf.clear()
+        self._size = 0
+        for i in range(0, len(text), wire.STREAM_CHUNK):
+            self._send({"type": "stream", "name": self.name, "text": text[i : i + wire.STREAM_CHUNK]})
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._flusher, name=f"{self.name}-flusher", daemon=True)
+            self._thread.start()
+
+    def _flusher(self) -> None:
+        with self._cond:
+            while True:
+                while not self._buf:
+                    self._cond.wait()
+                deadline = time.monotonic() + self._interval
+                while (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                try:
+                    self._flush_locked()
+                except OSError:
+                    return  # the kernel is gone; the worker is about to exit
+
+
+class FdCapture:
+    """Forwards what C code and subprocesses write to file descriptors 1 and 2.
+
+    The descriptors are replaced by pipes; a thread relays their bytes as ``stream``
+    messages.  ``drain()`` lets the main thread relay what is pending before a reply so
+    that output written just before a cell ends is not reported after it.
+    """
+
+    def __init__(self, streams: dict[int, OutStream]) -> None:
+        self._streams = streams
+        self._pipes: dict[int, int] = {}
+        self._decoders: dict[int, codecs.IncrementalDecoder] = {}
+        self._lock = threading.Lock()
+        for fd in streams:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.dup2(w, fd)
+            os.close(w)
+            self._pipes[r] = fd
+            self._decoders[r] = codecs.getincrementaldecoder("utf-8")("replace")
+        self._thread = threading.Thread(target=self._relay, name="fd-capture", daemon=True)
+        self._thread.start()
+
+    def _read(self, r: int) -> bool:
+        try:
+            data = os.read(r, 65536)
+        except BlockingIOError:
+            return False
+        if data:
+            self._streams[self._pipes[r]].write(self._decoders[r].decode(data))
+        return bool(data)
+
+    def _relay(self) -> None:
+        while True:
+            ready, _, _ = select.select(list(self._pipes), [], [])
+            with self._lock:
+                for r in ready:
+                    self._read(r)
+
+    def drain(self) -> None:
+        """Relay whatever is waiting in the pipes now, then flush the streams."""
+        with self._lock:
+            for _ in range(64):  # bounded: a background writer must not stall the reply
+                ready, _, _ = select.select(list(self._pipes), [], [], 0)
+                if not any([self._read(r) for r in ready]):
+                    break
+        for stream in self._streams.values():
+            stream.flush()
