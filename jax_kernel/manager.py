@@ -247,7 +247,8 @@ class WorkerManager(LoggingConfigurable):
 
     def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
         how = worker.kill_reason or describe_exit(returncode)
-        self.log.warning("Worker %s %s", worker.pid, how)
+        expected = self._stopping or worker is not self.worker
+        (self.log.info if expected else self.log.warning)("Worker %s %s", worker.pid, how)
         death = WorkerDied(how, worker.diagnostics())
         if not worker.ready.done():
             worker.ready.set_exception(death)

@@ -241,7 +241,9 @@ class WorkerServer:
             )
         else:
             hist = []
-        return {"status": "ok", "history": [list(h) for h in hist]}
+        # IPython reports the live session as session 0; frontends (and the spec) expect real numbers.
+        current = hm.session_number
+        return {"status": "ok", "history": [[h[0] or current, *h[1:]] for h in hist]}
 
     def do_info(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {
