@@ -1,0 +1,124 @@
+"""The kernel treats the worker as hostile: floods, garbage and oversized frames never hurt it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from conftest import Kernel, start_kernel, stop_kernel
+
+from jax_kernel import wire
+
+# Cell code that finds the worker's end of the wire (its fd from the command line) and writes raw frames on it.
+INJECT = """
+import os, json, struct, sys
+sys.stdout.flush(); sys.stderr.flush()
+def _socket_fd() -> int:
+    # The worker is started as `python -m jax_kernel.worker FD CONFIG`: FD is its end of the wire.
+    args = open('/proc/self/cmdline').read().split('\\0')
+    return int(args[args.index('jax_kernel.worker') + 1])
+_fd = _socket_fd()
+def frame(body: bytes) -> None:
+    os.write(_fd, struct.pack('>I', len(body)) + body)
+"""
+
+SMALL_LIMIT = 200_000
+
+
+@pytest.fixture(scope="module")
+def small_kernel() -> Iterator[Kernel]:
+    """A kernel with small output and message limits, so floods are quick to provoke."""
+    km, kc = start_kernel(
+        extra_arguments=[
+            f"--JaxKernel.output_limit={SMALL_LIMIT}",
+            "--WorkerManager.max_message_bytes=1000000",
+        ]
+    )
+    yield Kernel(km, kc)
+    stop_kernel(km, kc)
+
+
+def test_huge_print_is_truncated_with_a_notice(kernel: Kernel) -> None:
+    res = kernel.ok("print('x' * 300_000_000)", timeout=120)
+    assert 4_000_000 <= len(res.stdout) <= 5_000_000
+    assert "output truncated" in res.stderr and "JaxKernel.output_limit" in res.stderr
+    assert kernel.ok("'alive'").of("execute_result")
+
+
+def test_output_limit_is_configurable(small_kernel: Kernel) -> None:
+    res = small_kernel.ok("for i in range(100_000):\n    print('line', i)")
+    assert len(res.stdout) <= SMALL_LIMIT
+    assert "output truncated" in res.stderr
+
+
+def test_kernel_backstop_limits_a_worker_that_ignores_the_budget(small_kernel: Kernel) -> None:
+    res = small_kernel.ok(
+        INJECT + "chunk = json.dumps({'type': 'stream', 'name': 'stdout', 'text': 'y' * 60000}).encode()\n"
+        "for _ in range(40):\n    frame(chunk)\n"
+    )
+    assert SMALL_LIMIT <= res.stdout.count("y") <= SMALL_LIMIT + 1024
+    assert "output truncated" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"this is not json",
+        b"[1, 2, 3]",
+        b'{"no_type": 1}',
+        b'{"type": "exec", "code": "print(1)"}',
+        b'{"type": "stream", "name": "stdout", "text": 5}',
+        b'{"type": "stream", "name": "/etc/passwd", "text": "x"}',
+        b'{"type": "display_data", "data": "not a bundle", "metadata": {}}',
+        b'{"type": "reply", "id": true, "content": {}}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe\x00 binary garbage",
+    ],
+    ids=[
+        "text",
+        "list",
+        "no-type",
+        "unknown-type",
+        "bad-field",
+        "bad-stream",
+        "bad-bundle",
+        "bool-id",
+        "deep-nesting",
+        "binary",
+    ],
+)
+def test_malformed_frames_are_dropped_and_reported(kernel: Kernel, body: bytes) -> None:
+    kernel.ok("wire_state = 'intact'")
+    res = kernel.ok(INJECT + f"frame({body!r})\nprint('after garbage')")
+    assert "after garbage" in res.stdout
+    assert "dropped a malformed message" in res.stderr
+    assert kernel.ok("wire_state").of("execute_result")[0]["data"]["text/plain"] == "'intact'"
+
+
+def test_oversized_frame_is_discarded_without_losing_the_stream(small_kernel: Kernel) -> None:
+    res = small_kernel.ok(
+        INJECT + "frame(json.dumps({'type': 'stream', 'name': 'stdout', 'text': 'z' * 2_000_000}).encode())\n"
+        "print('still in sync')"
+    )
+    assert "still in sync" in res.stdout
+    assert "z" * 1000 not in res.stdout
+    assert "exceeds the 1000000-byte limit" in res.stderr
+    assert small_kernel.ok("1 + 1").of("execute_result")[0]["data"]["text/plain"] == "2"
+
+
+def test_forged_reply_to_an_unknown_request_is_ignored(kernel: Kernel) -> None:
+    res = kernel.ok(
+        INJECT + "frame(json.dumps({'type': 'reply', 'id': 999999, 'content': {}}).encode())\n'ok'"
+    )
+    assert res.of("execute_result")[0]["data"]["text/plain"] == "'ok'"
+
+
+def test_wire_round_trip_and_schema() -> None:
+    msg = {"type": "stream", "name": "stdout", "text": "héllo"}
+    frame = wire.encode(msg)
+    assert wire.HEADER.unpack_from(frame)[0] == len(frame) - wire.HEADER.size
+    assert wire.validate_worker_message(wire.decode(frame[wire.HEADER.size :])) == msg
+    with pytest.raises(wire.WireError):
+        wire.validate_worker_message(
+            {"type": "execute_result", "execution_count": True, "data": {}, "metadata": {}}
+        )
