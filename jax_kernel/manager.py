@@ -90,6 +90,7 @@ class WorkerManager(LoggingConfigurable):
         self.input_handler: Callable[[dict[str, Any]], None] = lambda msg: None
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[WorkerProcess, asyncio.Future[dict[str, Any]], str]] = {}
+        self._grace_timers: set[int] = set()  # requests whose interrupt grace period is running
         self._death_report: WorkerDied | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -185,9 +186,13 @@ class WorkerManager(LoggingConfigurable):
 
     def executing(self) -> WorkerProcess | None:
         """The worker running a cell right now, if any."""
-        for worker, fut, kind in self._pending.values():
+        running = self._running_cell()
+        return running[1] if running else None
+
+    def _running_cell(self) -> tuple[int, WorkerProcess] | None:
+        for req_id, (worker, fut, kind) in self._pending.items():
             if kind == "execute" and not fut.done():
-                return worker
+                return req_id, worker
         return None
 
     def send_input_reply(self, value: str) -> None:
@@ -202,18 +207,22 @@ class WorkerManager(LoggingConfigurable):
             self._loop.call_soon_threadsafe(self._interrupt)
 
     def _interrupt(self) -> None:
-        worker = self.executing()
-        if worker is None:
+        running = self._running_cell()
+        if running is None:
             return  # nothing runs: an interrupt between cells is a no-op, as in ipykernel
+        req_id, worker = running
         worker.interrupt()
-        if not worker.grace_armed:
-            worker.grace_armed = True
+        if req_id not in self._grace_timers:
             assert self._loop is not None
-            self._loop.call_later(self.interrupt_grace, self._grace_expired, worker)
+            self._grace_timers.add(req_id)
+            self._loop.call_later(self.interrupt_grace, self._grace_expired, worker, req_id)
 
-    def _grace_expired(self, worker: WorkerProcess) -> None:
-        worker.grace_armed = False
-        if worker is self.worker and self.executing() is worker:
+    def _grace_expired(self, worker: WorkerProcess, req_id: int) -> None:
+        # The timer belongs to the interrupted cell: if that cell has ended, a later cell on the same
+        # worker is none of its business.
+        self._grace_timers.discard(req_id)
+        entry = self._pending.get(req_id)
+        if worker is self.worker and entry is not None and not entry[1].done():
             self.log.warning(
                 "Worker %s ignored the interrupt for %.1f s; killing it", worker.pid, self.interrupt_grace
             )

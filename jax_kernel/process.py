@@ -78,7 +78,6 @@ class WorkerProcess:
         self._on_problem = on_problem
         self._on_exit = on_exit
         self.kill_reason: str | None = None
-        self.grace_armed = False  # an interrupt's kill timer is pending
         self.ready = loop.create_future()
         self.stream_budget = OutputBudget(stream_limit)
         self._diag = bytearray()

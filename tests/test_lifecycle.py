@@ -59,6 +59,22 @@ def test_interrupt_python_loop_keeps_state(crash_kernel: Kernel, interrupt) -> N
     assert out == "'still here'"
 
 
+def test_grace_period_belongs_to_the_interrupted_cell_only() -> None:
+    # The interrupted cell stops at once; the next cell outlives the grace period and must not be killed.
+    km, kc = start_kernel(extra_arguments=["--WorkerManager.interrupt_grace=1"])
+    kernel = Kernel(km, kc)
+    try:
+        kernel.ok("survivor = 'here'")
+        threading.Timer(0.5, _interrupt_by_message, (kernel,)).start()
+        assert (
+            kernel.run("import time\nwhile True:\n    time.sleep(0.01)").reply["ename"] == "KeyboardInterrupt"
+        )
+        res = kernel.ok("time.sleep(1.5)\nsurvivor")
+        assert res.of("execute_result")[0]["data"]["text/plain"] == "'here'"
+    finally:
+        stop_kernel(km, kc)
+
+
 def test_interrupt_during_input_ends_the_cell(crash_kernel: Kernel) -> None:
     asked = threading.Event()
 
