@@ -24,7 +24,7 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import comms
+from . import comms, jaxdisplay
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -48,6 +48,7 @@ class WorkerServer:
         # (tqdm.auto). The worker has both (the import costs ~3 ms on top of ipykernel.jsonutil).
         self.shell = WorkerShell.instance(send=self._send_output, config=Config(IPKernelApp=Config()))
         self.comm_manager = comms.install(conn.send)
+        jaxdisplay.register(self.shell)
         self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
         builtins.input = self.raw_input
@@ -157,6 +158,10 @@ class WorkerServer:
             )
             err = res.error_before_exec or res.error_in_exec
             success = res.success
+            try:
+                jaxdisplay.settle_effects()
+            except Exception as e:  # noqa: BLE001 - the cell ran; say what went wrong after it
+                print(f"jax-kernel: waiting for JAX's pending callbacks failed: {e}", file=sys.stderr)
         except KeyboardInterrupt as e:  # outside user code proper, e.g. in a post-execute hook
             shell.showtraceback()
             err, success = e, False
