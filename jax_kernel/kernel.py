@@ -18,7 +18,7 @@ from importlib import metadata
 
 import zmq
 from ipykernel.ipkernel import IPythonKernel
-from traitlets import Instance, Integer, default
+from traitlets import Float, Instance, Integer, default
 
 from . import __version__, wire
 from .manager import WorkerDied, WorkerError, WorkerManager
@@ -61,6 +61,12 @@ class JaxKernel(IPythonKernel):
         5_000_000,
         help="Characters of stdout/stderr one cell may send; the rest is dropped with a notice "
         "(a runaway print must not take the browser or the kernel down).",
+    ).tag(config=True)
+
+    compile_notice_after = Float(
+        2.0,
+        help="Seconds an XLA compile may run before the cell shows a transient 'XLA is compiling f' "
+        "line (removed when the compile or the cell ends); 0 turns the line off.",
     ).tag(config=True)
 
     manager = Instance(WorkerManager)
@@ -303,6 +309,7 @@ class JaxKernel(IPythonKernel):
                     "user_expressions": user_expressions or {},
                     "allow_stdin": allow_stdin,
                     "output_limit": self.output_limit,
+                    "compile_notice_after": self.compile_notice_after,
                 },
             )
             reply = self._checked_execute_reply(content)

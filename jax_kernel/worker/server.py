@@ -24,7 +24,7 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import comms, jaxdisplay
+from . import comms, compile_notice, jaxdisplay
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -49,6 +49,7 @@ class WorkerServer:
         self.shell = WorkerShell.instance(send=self._send_output, config=Config(IPKernelApp=Config()))
         self.comm_manager = comms.install(conn.send)
         jaxdisplay.register(self.shell)
+        self.compile_notice = compile_notice.install(conn.send)
         self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
         builtins.input = self.raw_input
@@ -151,6 +152,7 @@ class WorkerServer:
         self.budget.reset(int(msg.get("output_limit", self.budget.limit)))
         self.allow_stdin = bool(msg.get("allow_stdin", False))
         self.pending_interrupt = False
+        self.compile_notice.cell_started(float(msg.get("compile_notice_after", 2.0)))
         self.interruptible = True
         try:
             res = shell.run_cell(
@@ -167,6 +169,7 @@ class WorkerServer:
             err, success = e, False
         finally:
             self.interruptible = False
+            self.compile_notice.cell_finished()
         self.fd_capture.drain()
         notice = self.budget.take_notice()
         if notice:
