@@ -316,6 +316,11 @@ class JaxKernel(IPythonKernel):
         except WorkerError as e:
             self._execution_count = self.manager.execution_count
             return self._error_reply(e, ran=True)
+        except Exception as e:  # noqa: BLE001 - the frontend must get a reply, whatever went wrong
+            self.log.exception("Internal error while running a cell")
+            return self._error_reply(
+                WorkerError(f"internal error in the kernel ({type(e).__name__}: {e})"), ran=True
+            )
         finally:
             if self._input_cancel is not None:
                 self._input_cancel.set()
