@@ -19,9 +19,11 @@ from IPython.core import release
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.error import StdinNotImplementedError
 from IPython.utils.tokenutil import token_at_cursor
+from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
+from . import sandbox
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -40,7 +42,12 @@ class WorkerServer:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         self.fd_capture = FdCapture({1: self.stdout, 2: self.stderr})
 
-        self.shell = WorkerShell.instance(send=self._send_output)
+        shell_kwargs: dict[str, Any] = {}
+        history_file = (config.get("sandbox") or {}).get("history_file")
+        if history_file:  # the IPython profile dir is read-only in the sandbox
+            shell_kwargs["config"] = Config({"HistoryManager": {"hist_file": history_file}})
+        self.shell = WorkerShell.instance(send=self._send_output, **shell_kwargs)
+        sandbox.register_magic(self.shell)
         self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
         builtins.input = self.raw_input
@@ -80,6 +87,7 @@ class WorkerServer:
                 "protocol": wire.PROTOCOL_VERSION,
                 "execution_count": self.shell.execution_count,
                 "python": sys.version.split()[0],
+                "sandbox": sandbox.REPORT,
             }
         )
         while self.running:
