@@ -102,6 +102,7 @@ class WorkerManager(LoggingConfigurable):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.starts = 0
+        self.sandbox.check()  # a bad policy stops the kernel at start, not at the first cell
 
     # life cycle -------------------------------------------------------------------
     def start(self) -> WorkerProcess:
@@ -301,6 +302,7 @@ class WorkerManager(LoggingConfigurable):
         expected = self._stopping or worker is not self.worker
         (self.log.info if expected else self.log.warning)("Worker %s %s", worker.pid, how)
         death = WorkerDied(how, worker.diagnostics())
+        was_ready = worker.ready.done() and worker.ready.exception() is None
         if not worker.ready.done():
             worker.ready.set_exception(death)
             worker.ready.exception()  # mark retrieved: a failed start is reported by ready_worker
@@ -312,7 +314,8 @@ class WorkerManager(LoggingConfigurable):
         if worker is not self.worker or self._stopping:
             return
         self.worker = None
+        if not was_ready:
+            return  # a failed start: the next request starts another and reports why it fails
         if not in_flight:
             self._death_report = WorkerDied(how, worker.diagnostics(), during_request=False)
-        if worker.ready.done() and worker.ready.exception() is None:
-            self.start()  # replace it at once so the next cell does not wait
+        self.start()  # replace it at once so the next cell does not wait

@@ -365,6 +365,16 @@ class Sandbox(LoggingConfigurable):
             ws.release(wait=True)
 
     # policy ------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise TraitError (one line, naming the setting) if the policy can't be resolved."""
+        from traitlets import TraitError
+
+        for name in ("memory_limit", "max_file_size"):
+            try:
+                parse_size(getattr(self, name), f"Sandbox.{name}")
+            except ValueError as e:
+                raise TraitError(str(e)) from None
+
     @property
     def enabled(self) -> bool:
         return self.profile != "off"
@@ -504,7 +514,7 @@ class Sandbox(LoggingConfigurable):
             return None
         limits = ws.policy.get("limits", {})
         if returncode == EXIT_STRICT and self.profile == "strict":
-            return "refused to start: the strict sandbox profile can't be met on this host"
+            return "could not apply the strict sandbox profile on this host"
         if returncode == -signal.SIGKILL:
             cg = ws.cgroups.get("memory")
             if cg is not None and cg.oom_kills():
