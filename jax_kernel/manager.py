@@ -103,6 +103,7 @@ class WorkerManager(LoggingConfigurable):
         self._stopping = False
         self.starts = 0
         self.sandbox.check()  # a bad policy stops the kernel at start, not at the first cell
+        self.sandbox.protect_kernel()
 
     # life cycle -------------------------------------------------------------------
     def start(self) -> WorkerProcess:

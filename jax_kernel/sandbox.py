@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -363,6 +364,19 @@ class Sandbox(LoggingConfigurable):
     def _release_all(self) -> None:
         for ws in list(self._live):
             ws.release(wait=True)
+
+    def protect_kernel(self) -> None:
+        """Make the kernel process non-dumpable: a same-uid process then can't read its memory,
+        environment or open files through /proc, nor ptrace it, without CAP_SYS_PTRACE (which
+        the worker drops).  Defence in depth where Landlock's scoping is missing."""
+        if not self.enabled or not sys.platform.startswith("linux"):
+            return
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+        except (OSError, AttributeError) as e:
+            self.log.debug("Could not make the kernel non-dumpable: %s", e)
 
     # policy ------------------------------------------------------------------------------
     def check(self) -> None:

@@ -127,13 +127,35 @@ def _apply_limits(policy: dict[str, Any], report: _Report) -> None:
         if "pids" in joined:
             report.active("process_limit", f"{procs_limit} tasks (cgroup {joined['pids']})")
         elif os.getuid() != 0:
-            # Counts every task (threads too) of this uid: XLA's thread pools need room.
-            _setrlimit(resource.RLIMIT_NPROC, procs_limit)
-            report.active("process_limit", f"{procs_limit} tasks of this uid (RLIMIT_NPROC)")
+            # RLIMIT_NPROC counts every task (threads too) of this uid, the kernel's and other
+            # programs' included: allow what exists now plus the policy's number.
+            existing = _tasks_of_uid(os.getuid())
+            _setrlimit(resource.RLIMIT_NPROC, existing + procs_limit)
+            report.active("process_limit", f"{procs_limit} tasks beyond the uid's {existing} (RLIMIT_NPROC)")
         else:
             report.unavailable(
                 "process_limit", "running as root, where RLIMIT_NPROC does not apply, and no pids cgroup"
             )
+
+
+def _tasks_of_uid(uid: int) -> int:
+    """Threads of all processes whose real uid is ``uid`` (what RLIMIT_NPROC counts)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        try:
+            if int(fields["Uid"].split()[0]) == uid:
+                total += int(fields["Threads"])
+        except (KeyError, ValueError, IndexError):
+            continue
+    return total
 
 
 # --- namespaces --------------------------------------------------------------------------
