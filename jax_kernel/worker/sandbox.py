@@ -31,7 +31,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import resource
 import stat
 import struct
@@ -54,7 +53,7 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_DUMPABLE = 4
 
-_ARCH = platform.machine()
+_ARCH = os.uname().machine
 # (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self, seccomp, capset) per arch.
 _SYSCALLS = {
     "x86_64": {"ll_create": 444, "ll_add": 445, "ll_restrict": 446, "seccomp": 317, "capset": 126},
