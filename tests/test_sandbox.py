@@ -212,6 +212,16 @@ def test_namespace_and_mount_calls_are_refused(limited: Kernel) -> None:
     alive(limited)
 
 
+def test_root_worker_cannot_chmod_system_files(limited: Kernel) -> None:
+    need(limited, "seccomp")
+    if os.geteuid() != 0:
+        pytest.skip("only a root worker owns the system's files")
+    before = os.stat(sys.executable).st_mode
+    limited.ok(f"import os; os.chmod({os.path.realpath(sys.executable)!r}, 0o4777)")
+    assert os.stat(sys.executable).st_mode == before
+    alive(limited)
+
+
 def test_fork_bomb_is_contained(limited: Kernel) -> None:
     need(limited, "process_limit")
     fresh_worker(limited)
