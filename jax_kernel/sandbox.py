@@ -404,6 +404,8 @@ class Sandbox(LoggingConfigurable):
         if self._state_dir is None:
             self._state_dir = tempfile.mkdtemp(prefix="jax-kernel-sandbox-")
             os.mkdir(os.path.join(self._state_dir, "tmp"), 0o700)
+            # What a hidden file looks like inside the sandbox: empty and mode 000.
+            os.close(os.open(os.path.join(self._state_dir, "mask"), os.O_CREAT | os.O_WRONLY, 0))
             atexit.register(shutil.rmtree, self._state_dir, True)
         return self._state_dir
 
@@ -474,7 +476,12 @@ class Sandbox(LoggingConfigurable):
         policy: dict[str, Any] = {
             "profile": self.profile,
             "allow_network": self.network_allowed,
-            "fs": {"writable": writable, "hidden": self._hidden(), "devices": self._devices()},
+            "fs": {
+                "writable": writable,
+                "hidden": self._hidden(),
+                "devices": self._devices(),
+                "mask_file": os.path.join(state, "mask"),
+            },
             "limits": {
                 "memory_limit": memory,
                 "max_processes": self.max_processes,
@@ -571,4 +578,7 @@ class Sandbox(LoggingConfigurable):
         if self.last_report is not None:
             info["active"] = self.last_report.get("active", {})
             info["unavailable"] = self.last_report.get("unavailable", {})
+            for key in ("network", "masking"):
+                if isinstance(self.last_report.get(key), str):
+                    info[key] = self.last_report[key]
         return info

@@ -28,14 +28,21 @@ PROC_LIMIT = 200
 
 
 @pytest.fixture(scope="module")
-def secret_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("hidden")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable folder (like a home with notebooks) that holds a hidden one."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def secret_dir(workdir: Path) -> Path:
+    d = workdir / "secrets"
+    d.mkdir()
     (d / "key").write_text("top secret")
     return d
 
 
 @pytest.fixture(scope="module")
-def limited(secret_dir: Path) -> Iterator[Kernel]:
+def limited(secret_dir: Path, workdir: Path) -> Iterator[Kernel]:
     """A standard-profile kernel with small limits set by the test, as a deployer would."""
     km, kc = start_kernel(
         extra_arguments=[
@@ -44,6 +51,7 @@ def limited(secret_dir: Path) -> Iterator[Kernel]:
             f"--Sandbox.max_processes={PROC_LIMIT}",
             f"--Sandbox.cpu_time_limit={CPU_LIMIT}",
             f"--Sandbox.hidden_paths={json.dumps([str(secret_dir), '~/.ssh'])}",
+            f"--Sandbox.writable_paths={json.dumps([str(workdir)])}",
         ],
         env={**os.environ, **SECRET_ENV},
     )
@@ -131,6 +139,21 @@ def test_connection_file_and_hidden_paths_are_unreadable(limited: Kernel, secret
         assert res.reply["ename"] == "PermissionError", evalue(res)
         assert "top secret" not in res.stdout and "key" not in res.stdout.lower()
     res = limited.run(f"import os; os.listdir({str(secret_dir)!r})")
+    assert res.reply["ename"] == "PermissionError", evalue(res)
+    alive(limited)
+
+
+def test_folder_holding_a_hidden_path_stays_usable(limited: Kernel, workdir: Path) -> None:
+    info = need(limited, "filesystem")
+    if not info.get("masking", "").startswith("mount namespace"):
+        pytest.skip(f"no mount namespace here: {info.get('masking')}")
+    res = limited.ok(
+        f"import os\n_cwd = os.getcwd()\nos.chdir({str(workdir)!r})\nopen('new-notebook-output.txt', 'w').write('ok')\n"
+        "print(sorted(os.listdir('.')), sorted(os.listdir('/'))[:3])\nos.chdir(_cwd)"
+    )
+    assert "new-notebook-output.txt" in res.stdout and "secrets" in res.stdout
+    assert (workdir / "new-notebook-output.txt").read_text() == "ok"
+    res = limited.run(f"open({str(workdir / 'secrets' / 'key')!r}).read()")
     assert res.reply["ename"] == "PermissionError", evalue(res)
     alive(limited)
 

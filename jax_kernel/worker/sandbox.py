@@ -184,18 +184,119 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _isolate_network(report: _Report) -> None:
-    """A new, empty network namespace: nothing is reachable, not even loopback."""
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = [None if x is None else x.encode() for x in (source, target, fstype, data)]
+    if _libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
+        raise _err(f"mount({target})")
+
+
+def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
+    """New mount (and, if the network is denied, network) namespaces; return the masked paths.
+
+    In its own mount namespace the worker covers each hidden path with an empty, read-only,
+    mode-000 tmpfs (a directory) or file (a file), so the folders around it stay usable
+    (notebooks in ``~`` beside ``~/.ssh``); Landlock carves out whatever could not be masked.
+    Not root: a user namespace mapping our own ids comes first (the interpreter keeps working).
+    """
+    want_net = not policy.get("allow_network", True)
     uid, gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWNET if uid == 0 else CLONE_NEWUSER | CLONE_NEWNET
-    if _libc.unshare(flags) != 0:
-        raise _err("unshare(CLONE_NEWNET)")
-    if uid != 0:
+    user = 0 if uid == 0 else CLONE_NEWUSER
+    net = CLONE_NEWNET if want_net else 0
+    mounts = True
+    if _libc.unshare(user | CLONE_NEWNS | net) != 0:
+        why = _err("unshare(CLONE_NEWNS)")
+        mounts = False
+        if net and _libc.unshare(user | net) != 0:
+            report.unavailable("network", str(_err("unshare(CLONE_NEWNET)")))
+            net = 0
+        elif not net:
+            user = 0
+        report.data["masking"] = f"hidden paths carved out of Landlock's rules instead ({why})"
+    if user:
         # Map our own ids so that files keep their owners and the interpreter still runs.
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"{uid} {uid} 1")
         _write("/proc/self/gid_map", f"{gid} {gid} 1")
-    report.active("network", "isolated: a new network namespace with no interfaces up")
+    if net:
+        report.active("network", "isolated: a new network namespace with no interfaces up")
+    masked: list[str] = []
+    if not mounts:
+        return masked
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
+    mask_file = policy.get("fs", {}).get("mask_file")
+    for path in policy.get("fs", {}).get("hidden", []):
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            continue
+        try:
+            if os.path.isdir(real):
+                _mount(
+                    "none",
+                    real,
+                    "tmpfs",
+                    MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                    "size=4k,nr_inodes=1,mode=000",
+                )
+            elif mask_file:
+                _mount(mask_file, real, None, MS_BIND)
+                _mount(None, real, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            else:
+                continue
+        except Unavailable:
+            continue
+        masked.append(real)
+    try:
+        _private_dev(policy.get("fs", {}).get("devices", []))
+        masked.append("/dev")
+        dev = "; a private /dev with only the safe devices"
+    except (Unavailable, OSError) as e:
+        dev = f"; /dev carved out of Landlock's rules ({e})"
+    report.data["masking"] = f"mount namespace: {len(masked)} paths covered by empty mode-000 mounts{dev}"
+    return masked
+
+
+def _private_dev(devices: list[str]) -> None:
+    """Replace /dev (in our mount namespace) by a tmpfs holding only the devices we allow.
+
+    A raw disk is readable to its owner (root), which would bypass every file rule, so /dev
+    is never visible wholesale; with a private /dev, "/" can have a single Landlock rule
+    (and stays listable)."""
+    keep = [*DEV_ALLOWED, *(os.path.relpath(d, "/dev") for d in devices if d.startswith("/dev/"))]
+    fds = {}
+    for name in keep:
+        path = f"/dev/{name}"
+        if name in ("pts", "ptmx") or os.path.islink(path) or not os.path.exists(path) or "/" in name:
+            continue  # a private devpts instance instead: no way into the host's terminals
+        fds[name] = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    links = {
+        "fd": "/proc/self/fd",
+        "stdin": "/proc/self/fd/0",
+        "stdout": "/proc/self/fd/1",
+        "stderr": "/proc/self/fd/2",
+    }
+    try:
+        _mount("none", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
+        for name, fd in fds.items():
+            target = f"/dev/{name}"
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.mkdir(target)
+            else:
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
+            _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        os.mkdir("/dev/pts")
+        _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+        links["ptmx"] = "pts/ptmx"
+        for name, dest in links.items():
+            if not os.path.lexists(f"/dev/{name}"):
+                os.symlink(dest, f"/dev/{name}")
+        _mount(None, "/dev", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 # --- privileges --------------------------------------------------------------------------
@@ -220,24 +321,30 @@ class _CapData(ctypes.Structure):
 
 
 def _drop_capabilities(report: _Report) -> None:
-    """As root: drop every capability but keep uid 0 (see the module docstring for why)."""
-    if os.geteuid() != 0:
-        report.active("capabilities", f"none: running as uid {os.geteuid()}")
-        return
+    """Drop every capability; as root, uid 0 stays (see the module docstring for why).
+
+    Not root, the worker may still hold every capability of the user namespace it made for
+    its mount/network namespaces: those go too (dropping is always allowed)."""
+    root = os.geteuid() == 0
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             last = int(f.read())
     except OSError:
         last = 40
     for cap in range(last + 1):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and root and ctypes.get_errno() != errno.EINVAL:
             raise _err(f"prctl(PR_CAPBSET_DROP, {cap})")
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()
     if _libc.syscall(_sys("capset"), ctypes.byref(header), data) != 0:
         raise _err("capset")
-    report.active("capabilities", "all dropped (uid stays 0: the interpreter may live under a 0700 home)")
+    report.active(
+        "capabilities",
+        "all dropped (uid stays 0: the interpreter may live under a 0700 home)"
+        if root
+        else f"all dropped (uid {os.geteuid()}, user namespace included)",
+    )
 
 
 # --- Landlock ----------------------------------------------------------------------------
@@ -361,20 +468,28 @@ def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _grant(rs: _Ruleset, path: str, hidden: list[str], access: int = READ, depth: int = 0) -> bool:
+def _grant(
+    rs: _Ruleset,
+    path: str,
+    hidden: list[str],
+    access: int = READ,
+    depth: int = 0,
+    masked: frozenset[str] | set[str] = frozenset(),
+) -> bool:
     """Allow ``access`` to ``path`` and everything beneath it except the hidden paths.
 
     Landlock only allows, and a rule covers a whole tree: a directory that holds a hidden
     path gets no rule itself (it can't be listed), and each of its entries gets its own.
     """
     real = os.path.realpath(path)
-    if any(_is_within(real, h) for h in hidden):
-        return False
-    if real == "/dev":
+    if real == "/dev" and "/dev" not in masked:
         for name in DEV_ALLOWED:
             rs.add(f"/dev/{name}", access)
         return True
-    if depth < 32 and any(_is_within(h, real) for h in hidden):
+    if any(_is_within(real, h) for h in hidden):
+        return False
+    carve = hidden if "/dev" in masked else [*hidden, "/dev"]
+    if depth < 32 and any(_is_within(h, real) for h in carve):
         if os.path.islink(path):
             return False  # the real directory is handled where it lives
         try:
@@ -382,7 +497,7 @@ def _grant(rs: _Ruleset, path: str, hidden: list[str], access: int = READ, depth
         except OSError:
             return False
         for name in entries:
-            _grant(rs, os.path.join(real, name), hidden, access, depth + 1)
+            _grant(rs, os.path.join(real, name), hidden, access, depth + 1, masked)
         return True
     return rs.add(real, access)
 
@@ -392,9 +507,10 @@ def _apply_landlock(policy: dict[str, Any], report: _Report) -> None:
     if abi < 1:
         raise Unavailable("the kernel has no Landlock (needs Linux >= 5.13 with landlock in the LSM list)")
     fs = policy.get("fs", {})
-    hidden = sorted({os.path.realpath(p) for p in fs.get("hidden", []) if os.path.lexists(p)})
+    masked = set(policy.get("masked", []))
+    hidden = sorted({os.path.realpath(p) for p in fs.get("hidden", []) if os.path.lexists(p)} - masked)
     rs = _Ruleset(abi)
-    _grant(rs, "/", hidden)
+    _grant(rs, "/", hidden, READ, 0, masked)
     for name in DEV_ALLOWED:
         rs.add(f"/dev/{name}", DEVICE | READ)
     for path in fs.get("devices", []):
@@ -403,12 +519,12 @@ def _apply_landlock(policy: dict[str, Any], report: _Report) -> None:
     for path in fs.get("writable", []):
         # A writable folder that holds a hidden path (notebooks in ~) can't itself be listed or
         # get new entries; what is in it can.  Landlock can only allow, never carve out.
-        if _grant(rs, path, hidden, rs.handled):
+        if _grant(rs, path, hidden, rs.handled, 0, masked):
             writable.append(os.path.realpath(path))
     rs.restrict()
     report.active(
         "filesystem",
-        f"Landlock ABI {abi}: read-only except {writable}; hidden: {hidden}",
+        f"Landlock ABI {abi}: read-only except {writable}; hidden: {sorted((masked - {'/dev'}) | set(hidden))}",
     )
     if rs.scoped:
         report.active(
@@ -563,10 +679,14 @@ def apply(policy: dict[str, Any] | None) -> dict[str, Any]:
         report.unavailable("sandbox", f"needs Linux, this is {sys.platform}")
     else:
         report.step("rlimits", _apply_limits, policy, report)
-        if not policy.get("allow_network", True):
-            report.step("network", _isolate_network, report)
-        else:
+        if policy.get("allow_network", True):
             report.data["network"] = "allowed by policy"
+        masked: list[str] = []
+        try:
+            masked = _namespaces(policy, report)
+        except (Unavailable, OSError) as e:
+            report.data["masking"] = f"hidden paths carved out of Landlock's rules instead ({e})"
+        policy = {**policy, "masked": masked}
         report.step("no_new_privs", _no_new_privs, report)
         report.step("capabilities", _drop_capabilities, report)
         report.step("filesystem", _apply_landlock, policy, report)
@@ -596,6 +716,8 @@ def format_report(report: dict[str, Any] | None = None) -> str:
     lines = [f"Sandbox profile: {report.get('profile', 'off')}"]
     if report.get("network"):
         lines.append(f"Network: {report['network']}")
+    if report.get("masking"):
+        lines.append(f"Hidden paths: {report['masking']}")
     active = report.get("active", {})
     if active:
         lines.append("Active:")
