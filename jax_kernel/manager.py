@@ -27,6 +27,10 @@ class WorkerError(Exception):
     """The worker could not serve a request."""
 
 
+#: Requests that run user code (cells, widget callbacks): an interrupt and its grace period apply.
+INTERRUPTIBLE = frozenset({"execute", "comm"})
+
+
 class WorkerDied(WorkerError):
     """The worker process ended while (or before) serving a request."""
 
@@ -94,6 +98,7 @@ class WorkerManager(LoggingConfigurable):
         self.stream_limit = 5_000_000
         self.output_handler: Callable[[dict[str, Any]], None] = lambda msg: None
         self.problem_handler: Callable[[str], None] = lambda text: None
+        self.exit_handler: Callable[[], None] = lambda: None  # the current worker is gone
         self.input_handler: Callable[[dict[str, Any]], None] = lambda msg: None
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[WorkerProcess, asyncio.Future[dict[str, Any]], str]] = {}
@@ -222,14 +227,9 @@ class WorkerManager(LoggingConfigurable):
                 )
                 return
 
-    def executing(self) -> WorkerProcess | None:
-        """The worker running a cell right now, if any."""
-        running = self._running_cell()
-        return running[1] if running else None
-
     def _running_cell(self) -> tuple[int, WorkerProcess] | None:
         for req_id, (worker, fut, kind) in self._pending.items():
-            if kind == "execute" and not fut.done():
+            if kind in INTERRUPTIBLE and not fut.done():
                 return req_id, worker
         return None
 
@@ -312,6 +312,8 @@ class WorkerManager(LoggingConfigurable):
             if w is worker and not fut.done():
                 fut.set_exception(death)
                 in_flight = True
+        if worker is self.worker:
+            self.exit_handler()
         if worker is not self.worker or self._stopping:
             return
         self.worker = None

@@ -14,6 +14,7 @@ import sys
 import traceback
 from typing import Any
 
+import ipykernel.zmqshell  # noqa: F401 - see below
 from ipykernel.jsonutil import json_clean
 from IPython.core import release
 from IPython.core.completer import provisionalcompleter, rectify_completions
@@ -23,7 +24,7 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import sandbox
+from . import comms, jaxdisplay, sandbox
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -42,11 +43,16 @@ class WorkerServer:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         self.fd_capture = FdCapture({1: self.stdout, 2: self.stderr})
 
-        shell_kwargs: dict[str, Any] = {}
+        # Libraries tell a notebook frontend from a terminal by what the stock kernel always has: an
+        # IPKernelApp section in the shell's config (plotly, ...) or ipykernel.zmqshell imported
+        # (tqdm.auto). The worker has both (the import costs ~3 ms on top of ipykernel.jsonutil).
+        shell_config = Config(IPKernelApp=Config())
         history_file = (config.get("sandbox") or {}).get("history_file")
         if history_file:  # the IPython profile dir is read-only in the sandbox
-            shell_kwargs["config"] = Config({"HistoryManager": {"hist_file": history_file}})
-        self.shell = WorkerShell.instance(send=self._send_output, **shell_kwargs)
+            shell_config.HistoryManager.hist_file = history_file
+        self.shell = WorkerShell.instance(send=self._send_output, config=shell_config)
+        self.comm_manager = comms.install(conn.send)
+        jaxdisplay.register(self.shell)
         sandbox.register_magic(self.shell)
         self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
@@ -66,6 +72,8 @@ class WorkerServer:
             "is_complete": self.do_is_complete,
             "history": self.do_history,
             "info": self.do_info,
+            "comm": self.do_comm,
+            "comm_info": self.do_comm_info,
             "shutdown": self.do_shutdown,
         }
 
@@ -156,6 +164,10 @@ class WorkerServer:
             )
             err = res.error_before_exec or res.error_in_exec
             success = res.success
+            try:
+                jaxdisplay.settle_effects()
+            except Exception as e:  # noqa: BLE001 - the cell ran; say what went wrong after it
+                print(f"jax-kernel: waiting for JAX's pending callbacks failed: {e}", file=sys.stderr)
         except KeyboardInterrupt as e:  # outside user code proper, e.g. in a post-execute hook
             shell.showtraceback()
             err, success = e, False
@@ -252,6 +264,22 @@ class WorkerServer:
         # IPython reports the live session as session 0; frontends (and the spec) expect real numbers.
         current = hm.session_number
         return {"status": "ok", "history": [[h[0] or current, *h[1:]] for h in hist]}
+
+    def do_comm(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A comm message from the frontend: widget observers and callbacks run here, like a cell."""
+        self.pending_interrupt = False
+        self.interruptible = True
+        try:
+            self.comm_manager.handle(
+                msg["msg_type"], msg["content"], msg.get("metadata") or {}, msg.get("buffers") or []
+            )
+        finally:
+            self.interruptible = False
+            self.fd_capture.drain()
+        return {"status": "ok"}
+
+    def do_comm_info(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "ok", "comms": self.comm_manager.info(msg.get("target_name"))}
 
     def do_info(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {
