@@ -454,7 +454,6 @@ class Sandbox(LoggingConfigurable):
             clean.setdefault("JAX_PLATFORMS", "cpu")
         elif self.accelerators != "all":
             clean["CUDA_VISIBLE_DEVICES"] = ",".join(i.strip() for i in self.accelerators.split(","))
-        self._removed = len(env) - len(clean) + 3
         return clean
 
     def prepare_worker(self, cwd: str | None = None) -> WorkerSandbox:

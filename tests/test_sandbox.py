@@ -398,3 +398,24 @@ def test_bad_policy_is_a_clear_error() -> None:
     )
     assert proc.returncode != 0
     assert "Sandbox.memory_limit" in proc.stderr and "'lots' is not a size" in proc.stderr
+
+
+def test_off_profile_applies_nothing_and_none_hides_accelerators(tmp_path: Path) -> None:
+    km, kc = start_kernel(extra_arguments=["--Sandbox.profile=off"])
+    k = Kernel(km, kc)
+    try:
+        assert "Sandbox profile: off" in k.ok("%sandbox").stdout
+        k.ok(f"open({str(tmp_path / 'free.txt')!r}, 'w').write('no sandbox')")
+        assert (tmp_path / "free.txt").exists()
+    finally:
+        stop_kernel(km, kc)
+    km, kc = start_kernel(extra_arguments=["--Sandbox.accelerators=none"])
+    k = Kernel(km, kc)
+    try:
+        out = k.ok(
+            "import os; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), os.environ['JAX_PLATFORMS'])"
+        )
+        assert out.stdout.split() == ["''", "cpu"]
+        k.ok("import multiprocessing; multiprocessing.Lock()")  # /dev/shm is usable when allowed
+    finally:
+        stop_kernel(km, kc)

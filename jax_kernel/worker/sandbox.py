@@ -269,7 +269,7 @@ def _private_dev(devices: list[str]) -> None:
     fds = {}
     for name in keep:
         path = f"/dev/{name}"
-        if name in ("pts", "ptmx") or os.path.islink(path) or not os.path.exists(path) or "/" in name:
+        if name in ("pts", "ptmx", "shm") or os.path.islink(path) or not os.path.exists(path) or "/" in name:
             continue  # a private devpts instance instead: no way into the host's terminals
         fds[name] = os.open(path, os.O_PATH | os.O_CLOEXEC)
     links = {
@@ -290,6 +290,9 @@ def _private_dev(devices: list[str]) -> None:
         os.mkdir("/dev/pts")
         _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
         links["ptmx"] = "pts/ptmx"
+        # A private /dev/shm (multiprocessing, NCCL): nothing shared with the host's processes.
+        os.mkdir("/dev/shm")
+        _mount("none", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=50%,mode=1777")
         for name, dest in links.items():
             if not os.path.lexists(f"/dev/{name}"):
                 os.symlink(dest, f"/dev/{name}")
@@ -514,7 +517,12 @@ def _apply_landlock(policy: dict[str, Any], report: _Report) -> None:
     for name in DEV_ALLOWED:
         rs.add(f"/dev/{name}", DEVICE | READ)
     for path in fs.get("devices", []):
-        rs.add(path, DEVICE | READ)
+        if path != "/dev/shm":
+            rs.add(path, DEVICE | READ)
+    # Where multiprocessing and NCCL make their shared memory: private when /dev is (see above),
+    # the host's (when accelerators are allowed) otherwise.
+    if "/dev" in masked or "/dev/shm" in fs.get("devices", []):
+        rs.add("/dev/shm", rs.handled)
     writable = []
     for path in fs.get("writable", []):
         # A writable folder that holds a hidden path (notebooks in ~) can't itself be listed or
