@@ -316,6 +316,12 @@ class Sandbox(LoggingConfigurable):
         "(sets CUDA_VISIBLE_DEVICES and opens only those device files).",
     ).tag(config=True)
 
+    protect_dotfiles = Bool(
+        True,
+        help="Keep every dot-entry at the top of a writable folder read-only (~/.bashrc, ~/.local, "
+        ".git with its hooks): code planted there would run outside the sandbox.",
+    ).tag(config=True)
+
     env_deny = List(
         Unicode(),
         help="Environment variables (fnmatch patterns) removed from the worker's environment.",
@@ -430,6 +436,45 @@ class Sandbox(LoggingConfigurable):
         state = self.state_dir()
         return [p for p in hidden if not os.path.realpath(state).startswith(os.path.realpath(p) + "/")]
 
+    def _protected(self, writable: list[str], state: str) -> list[str]:
+        """Paths inside a writable folder that must stay read-only, or the worker could plant code
+        that runs outside the sandbox later: the interpreter and its site-packages (a ``.pth``
+        file), this package (an editable install in the notebook folder), Jupyter's and IPython's
+        config and data (``jax_kernel_config.py``, ``kernel.json``), and with
+        ``protect_dotfiles`` every dot-entry at the top of a writable folder (``~/.bashrc``,
+        ``.git`` hooks, ``~/.local``)."""
+        import site
+        import sysconfig
+
+        from jupyter_core.paths import jupyter_config_path, jupyter_data_dir, jupyter_path
+
+        candidates = {
+            sys.prefix,
+            sys.exec_prefix,
+            sys.base_prefix,
+            os.path.dirname(os.path.dirname(__file__)),
+        }
+        candidates.update(sysconfig.get_paths().values())
+        candidates.update(getattr(site, "getsitepackages", list)())
+        candidates.add(site.getusersitepackages())
+        candidates.update(jupyter_config_path() + jupyter_path() + [jupyter_data_dir()])
+        candidates.add(os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython"))
+        state_real = os.path.realpath(state)
+        roots = [os.path.realpath(w) for w in writable if not os.path.realpath(w).startswith(state_real)]
+        if self.protect_dotfiles:
+            for root in roots:
+                try:
+                    candidates.update(os.path.join(root, n) for n in os.listdir(root) if n.startswith("."))
+                except OSError:
+                    pass
+        found = set()
+        for path in candidates:
+            real = os.path.realpath(path)
+            # Only what lies inside a writable folder needs it (the rest is read-only anyway).
+            if os.path.exists(real) and any(real == r or real.startswith(r + "/") for r in roots):
+                found.add(real)
+        return sorted(found)
+
     def _devices(self) -> list[str]:
         if self.accelerators == "none":
             return []
@@ -480,6 +525,7 @@ class Sandbox(LoggingConfigurable):
                 "hidden": self._hidden(),
                 "devices": self._devices(),
                 "mask_file": os.path.join(state, "mask"),
+                "readonly": self._protected(writable, state),
             },
             "limits": {
                 "memory_limit": memory,

@@ -35,6 +35,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def secret_dir(workdir: Path) -> Path:
+    (workdir / ".bashrc").write_text("# a dot-file the worker must not change\n")
     d = workdir / "secrets"
     d.mkdir()
     (d / "key").write_text("top secret")
@@ -155,6 +156,20 @@ def test_folder_holding_a_hidden_path_stays_usable(limited: Kernel, workdir: Pat
     assert (workdir / "new-notebook-output.txt").read_text() == "ok"
     res = limited.run(f"open({str(workdir / 'secrets' / 'key')!r}).read()")
     assert res.reply["ename"] == "PermissionError", evalue(res)
+    alive(limited)
+
+
+def test_code_and_dotfiles_inside_writable_folders_stay_read_only(limited: Kernel, workdir: Path) -> None:
+    info = need(limited, "filesystem")
+    if not info.get("masking", "").startswith("mount namespace"):
+        pytest.skip(f"no mount namespace here: {info.get('masking')}")
+    # Planted in the kernel's own package or a dot-file, code would run outside the sandbox later.
+    import jax_kernel
+
+    for target in (Path(jax_kernel.__file__).parent / "planted.py", workdir / ".bashrc"):
+        res = limited.run(f"open({str(target)!r}, 'a').write('import os  # planted')")
+        assert res.reply["status"] == "error", f"{target} was writable"
+        assert "planted" not in (target.read_text() if target.exists() else "")
     alive(limited)
 
 

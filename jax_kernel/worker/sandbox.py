@@ -227,6 +227,15 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
     if not mounts:
         return masked
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
+    readonly = []
+    for path in policy.get("fs", {}).get("readonly", []):
+        try:
+            _mount(path, path, None, MS_BIND | MS_REC)
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            readonly.append(path)
+        except Unavailable as e:
+            report.unavailable(f"readonly:{path}", str(e))
+    policy["readonly_done"] = readonly
     mask_file = policy.get("fs", {}).get("mask_file")
     for path in policy.get("fs", {}).get("hidden", []):
         real = os.path.realpath(path)
@@ -255,7 +264,10 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
         dev = "; a private /dev with only the safe devices"
     except (Unavailable, OSError) as e:
         dev = f"; /dev carved out of Landlock's rules ({e})"
-    report.data["masking"] = f"mount namespace: {len(masked)} paths covered by empty mode-000 mounts{dev}"
+    report.data["masking"] = (
+        f"mount namespace: {len(masked)} paths covered by empty mode-000 mounts{dev}; "
+        f"{len(readonly)} paths inside writable folders kept read-only (code, config, dot-files)"
+    )
     return masked
 
 
@@ -527,7 +539,9 @@ def _apply_landlock(policy: dict[str, Any], report: _Report) -> None:
     for path in fs.get("writable", []):
         # A writable folder that holds a hidden path (notebooks in ~) can't itself be listed or
         # get new entries; what is in it can.  Landlock can only allow, never carve out.
-        if _grant(rs, path, hidden, rs.handled, 0, masked):
+        # Without the mount namespace, what must stay read-only is carved out of the write grant.
+        ro = [] if policy.get("readonly_done") is not None else fs.get("readonly", [])
+        if _grant(rs, path, [*hidden, *ro], rs.handled, 0, masked):
             writable.append(os.path.realpath(path))
     rs.restrict()
     report.active(
