@@ -378,19 +378,45 @@ def test_network_is_allowed_under_standard(limited: Kernel) -> None:
         limited.ok(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3).close()")
 
 
-def test_strict_refuses_to_start_without_a_protection() -> None:
-    # A launcher that installs our seccomp filter first: unshare is then denied, so the strict
-    # profile can't make its network namespace and must refuse to run any cell.
-    launcher = (
+# A worker launcher that installs our seccomp filter first: unshare is then denied, as on a host
+# without namespaces, so the worker can make neither its mount nor its network namespace.
+NO_NAMESPACES = json.dumps(
+    [
+        sys.executable,
+        "-c",
         "import ctypes, os, sys\n"
         "from jax_kernel.worker import sandbox\n"
         "try:\n"
         "    sandbox._no_new_privs(sandbox._Report('x')); sandbox._apply_seccomp(sandbox._Report('x'))\n"
         "except sandbox.Unavailable:\n"
         "    pass  # no seccomp here: strict refuses for that reason instead\n"
-        "os.execv(sys.executable, [sys.executable, '-m', 'jax_kernel.worker', *sys.argv[1:]])"
+        "os.execv(sys.executable, [sys.executable, '-m', 'jax_kernel.worker', *sys.argv[1:]])",
+    ]
+)
+
+
+def test_standard_degrades_gracefully_without_namespaces(tmp_path: Path) -> None:
+    km, kc = start_kernel(
+        extra_arguments=["--Sandbox.allow_network=False", f"--WorkerManager.worker_argv={NO_NAMESPACES}"]
     )
-    argv = json.dumps([sys.executable, "-c", launcher])
+    k = Kernel(km, kc)
+    try:
+        info = sandbox_info(k)
+        assert "network" in info["unavailable"], info
+        assert info["masking"].startswith("hidden paths carved out"), info
+        assert "Unavailable on this host" in k.ok("%sandbox").stdout
+        if "filesystem" in info["active"]:  # the Landlock carve-out still hides and confines
+            assert k.run(f"open({km.connection_file!r}).read()").reply["ename"] == "PermissionError"
+            assert k.run(f"open({str(tmp_path / 'x')!r}, 'w')").reply["ename"] == "PermissionError"
+        k.ok("import tempfile\nwith tempfile.TemporaryFile() as f: f.write(b'ok')")
+        alive(k)
+    finally:
+        stop_kernel(km, kc)
+
+
+def test_strict_refuses_to_start_without_a_protection() -> None:
+    # Without namespaces the strict profile can't cut the network and must refuse to run any cell.
+    argv = NO_NAMESPACES
     km, kc = start_kernel(extra_arguments=["--Sandbox.profile=strict", f"--WorkerManager.worker_argv={argv}"])
     k = Kernel(km, kc)
     try:
