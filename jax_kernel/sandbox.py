@@ -410,6 +410,7 @@ class Sandbox(LoggingConfigurable):
         if self._state_dir is None:
             self._state_dir = tempfile.mkdtemp(prefix="jax-kernel-sandbox-")
             os.mkdir(os.path.join(self._state_dir, "tmp"), 0o700)
+            os.mkdir(os.path.join(self._state_dir, "history"), 0o700)
             # What a hidden file looks like inside the sandbox: empty and mode 000.
             os.close(os.open(os.path.join(self._state_dir, "mask"), os.O_CREAT | os.O_WRONLY, 0))
             atexit.register(shutil.rmtree, self._state_dir, True)
@@ -508,7 +509,13 @@ class Sandbox(LoggingConfigurable):
         memory = parse_size(self.memory_limit, "Sandbox.memory_limit")
         fsize = parse_size(self.max_file_size, "Sandbox.max_file_size")
         state = self.state_dir()
-        writable = [os.path.realpath(cwd or os.getcwd()), os.path.join(state, "tmp"), state]
+        # The state dir itself is not writable: the mask file lives there, and a worker that could
+        # swap it for a symlink would have the next worker bind a secret over a hidden path.
+        writable = [
+            os.path.realpath(cwd or os.getcwd()),
+            os.path.join(state, "tmp"),
+            os.path.join(state, "history"),
+        ]
         cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
         if cache:
             os.makedirs(cache, exist_ok=True)
@@ -533,7 +540,7 @@ class Sandbox(LoggingConfigurable):
                 "max_open_files": self.max_open_files,
                 "max_file_size": fsize,
             },
-            "history_file": os.path.join(state, "history.sqlite"),
+            "history_file": os.path.join(state, "history", "history.sqlite"),
             "kernel_side": kernel_side,
         }
         ws = WorkerSandbox(policy)

@@ -251,7 +251,7 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
                     "size=4k,nr_inodes=1,mode=000",
                 )
             elif mask_file:
-                _mount(mask_file, real, None, MS_BIND)
+                _bind_regular_file(mask_file, real)
                 _mount(None, real, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
             else:
                 continue
@@ -269,6 +269,17 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
         f"{len(readonly)} paths inside writable folders kept read-only (code, config, dot-files)"
     )
     return masked
+
+
+def _bind_regular_file(source: str, target: str) -> None:
+    """Bind ``source`` over ``target``, refusing a source that is not a plain file (a symlink)."""
+    fd = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Unavailable(f"{source} is not a regular file")
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
+    finally:
+        os.close(fd)
 
 
 def _private_dev(devices: list[str]) -> None:
