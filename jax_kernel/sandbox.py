@@ -73,6 +73,16 @@ DEFAULT_HIDDEN = [
     "~/.git-credentials",
     "~/.pypirc",
     "~/.config/gh",
+    # Host control sockets: connecting to one as its owner (root) is root on the host, and
+    # Landlock does not govern connect() on a socket path.
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd",
+    "/run/podman",
+    "/run/crio",
+    "/run/dbus/system_bus_socket",
+    "/run/systemd/private",
+    "/run/user",
 ]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -541,6 +551,9 @@ class Sandbox(LoggingConfigurable):
                 "max_file_size": fsize,
             },
             "history_file": os.path.join(state, "history", "history.sqlite"),
+            # strict: no new unix sockets at all (socketpair still works), so no path socket on
+            # the host, hidden or not, can be reached.
+            "deny_unix_sockets": self.profile == "strict",
             "kernel_side": kernel_side,
         }
         ws = WorkerSandbox(policy)

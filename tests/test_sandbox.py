@@ -370,6 +370,18 @@ def test_network_is_cut_under_strict(strict: Kernel) -> None:
     alive(strict)
 
 
+def test_no_unix_sockets_under_strict(strict: Kernel, tmp_path: Path) -> None:
+    need(strict, "seccomp")
+    path = str(tmp_path / "host-service.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen()
+        res = strict.run(f"import socket\nsocket.socket(socket.AF_UNIX).connect({path!r})")
+        assert res.reply["ename"] == "PermissionError", evalue(res)
+    strict.ok("import socket\na, b = socket.socketpair(); a.send(b'x'); assert b.recv(1) == b'x'")
+    alive(strict)
+
+
 def test_network_is_allowed_under_standard(limited: Kernel) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

@@ -597,6 +597,8 @@ _DENY = {
 #: these succeed without doing anything (an error would break shutil.copy and friends).
 _CHMOD = {"x86_64": (90, 91, 268, 452), "aarch64": (52, 53, 452)}
 _CLONE = {"x86_64": 56, "aarch64": 220}
+_SOCKET = {"x86_64": 41, "aarch64": 198}
+AF_UNIX = 1
 _CLONE3 = 435
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 
@@ -616,7 +618,7 @@ def _ins(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def seccomp_program(arch: str = _ARCH, root: bool = False) -> bytes:
+def seccomp_program(arch: str = _ARCH, root: bool = False, deny_unix_sockets: bool = False) -> bytes:
     """The deny-list filter as raw classic BPF (no libseccomp needed).
 
     A denied call fails with EPERM; clone3 fails with ENOSYS so that glibc falls back to
@@ -637,6 +639,14 @@ def seccomp_program(arch: str = _ARCH, root: bool = False) -> bytes:
         for nr in _CHMOD[arch]:
             prog += [_ins(_BPF_JEQ_K, nr, 0, 1), _ins(_BPF_RET_K, _RET_ERRNO | 0)]
     prog += [_ins(_BPF_JEQ_K, _CLONE3, 0, 1), _ins(_BPF_RET_K, _RET_ERRNO | errno.ENOSYS)]
+    if deny_unix_sockets:
+        prog += [
+            _ins(_BPF_JEQ_K, _SOCKET[arch], 0, 4),
+            _ins(_BPF_LD_W_ABS, 16),  # low half of args[0]: the address family
+            _ins(_BPF_JEQ_K, AF_UNIX, 0, 1),
+            _ins(_BPF_RET_K, _RET_ERRNO | errno.EPERM),
+            _ins(_BPF_RET_K, _RET_ALLOW),
+        ]
     prog += [
         _ins(_BPF_JEQ_K, _CLONE[arch], 0, 3),
         _ins(_BPF_LD_W_ABS, 16),  # low half of args[0]: the clone flags
@@ -651,11 +661,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def _apply_seccomp(report: _Report) -> None:
+def _apply_seccomp(report: _Report, deny_unix_sockets: bool = False) -> None:
     if _ARCH not in _DENY:
         raise Unavailable(f"no system call table for {_ARCH}")
     root = os.geteuid() == 0
-    code = seccomp_program(root=root)
+    code = seccomp_program(root=root, deny_unix_sockets=deny_unix_sockets)
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     if (
@@ -668,7 +678,8 @@ def _apply_seccomp(report: _Report) -> None:
         f"{len(_DENY[_ARCH]) + 2} system calls denied (ptrace, process_vm_*, mount, unshare/setns, "
         "namespace flags on clone, clone3 -> ENOSYS, bpf, perf_event_open, kexec, modules, keyctl, "
         "userfaultfd, io_uring, ...)"
-        + ("; chmod is a no-op (uid 0 owns the system's files)" if root else ""),
+        + ("; chmod is a no-op (uid 0 owns the system's files)" if root else "")
+        + ("; no new unix sockets (socketpair only)" if deny_unix_sockets else ""),
     )
 
 
@@ -723,7 +734,7 @@ def apply(policy: dict[str, Any] | None) -> dict[str, Any]:
         report.step("no_new_privs", _no_new_privs, report)
         report.step("capabilities", _drop_capabilities, report)
         report.step("filesystem", _apply_landlock, policy, report)
-        report.step("seccomp", _apply_seccomp, report)
+        report.step("seccomp", _apply_seccomp, report, bool(policy.get("deny_unix_sockets")))
         for name, detail in policy.get("kernel_side", {}).items():
             report.active(name, detail)
     REPORT = report.data
