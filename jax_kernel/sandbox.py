@@ -486,6 +486,22 @@ class Sandbox(LoggingConfigurable):
                 found.add(real)
         return sorted(found)
 
+    def refuse_device(self, platform: str, index: int | None = None) -> str | None:
+        """Why a request for an accelerator (``jax_load_request``, a magic) is refused, or None.
+
+        The policy is the ceiling: no request can reach a device it does not list.
+        """
+        if platform == "cpu" or not self.enabled or self.accelerators == "all":
+            return None
+        if self.accelerators == "none":
+            return f"the sandbox allows no accelerators (Sandbox.accelerators = 'none'), so not {platform}"
+        allowed = [int(i) for i in self.accelerators.split(",")]
+        if index is not None and index not in allowed:
+            return (
+                f"{platform} device {index} is not among the allowed devices {allowed} (Sandbox.accelerators)"
+            )
+        return None
+
     def _devices(self) -> list[str]:
         if self.accelerators == "none":
             return []

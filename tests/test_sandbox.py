@@ -472,3 +472,14 @@ def test_off_profile_applies_nothing_and_none_hides_accelerators(tmp_path: Path)
         k.ok("import multiprocessing; multiprocessing.Lock()")  # /dev/shm is usable when allowed
     finally:
         stop_kernel(km, kc)
+
+
+def test_device_requests_cannot_exceed_the_policy() -> None:
+    from jax_kernel.sandbox import Sandbox
+
+    assert Sandbox(accelerators="all").refuse_device("cuda", 3) is None
+    assert "allows no accelerators" in (Sandbox(accelerators="none").refuse_device("cuda", 0) or "")
+    assert Sandbox(accelerators="none").refuse_device("cpu") is None
+    two = Sandbox(accelerators="0,2")
+    assert two.refuse_device("cuda", 2) is None
+    assert "not among the allowed devices [0, 2]" in (two.refuse_device("cuda", 1) or "")

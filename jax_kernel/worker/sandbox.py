@@ -303,26 +303,35 @@ def _private_dev(devices: list[str]) -> None:
     }
     try:
         _mount("none", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
-        for name, fd in fds.items():
-            target = f"/dev/{name}"
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                os.mkdir(target)
-            else:
-                os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
-            _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
-        os.mkdir("/dev/pts")
-        _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
-        links["ptmx"] = "pts/ptmx"
-        # A private /dev/shm (multiprocessing, NCCL): nothing shared with the host's processes.
-        os.mkdir("/dev/shm")
-        _mount("none", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=50%,mode=1777")
-        for name, dest in links.items():
-            if not os.path.lexists(f"/dev/{name}"):
-                os.symlink(dest, f"/dev/{name}")
-        _mount(None, "/dev", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+        try:
+            _fill_dev(fds, links)
+        except BaseException:
+            _libc.umount2(b"/dev", 2)  # MNT_DETACH: back to the host's /dev, carved out by Landlock
+            raise
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def _fill_dev(fds: dict[str, int], links: dict[str, str]) -> None:
+    """Populate the private /dev tmpfs (see :func:`_private_dev`)."""
+    for name, fd in fds.items():
+        target = f"/dev/{name}"
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.mkdir(target)
+        else:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+    os.mkdir("/dev/pts")
+    _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    links["ptmx"] = "pts/ptmx"
+    # A private /dev/shm (multiprocessing, NCCL): nothing shared with the host's processes.
+    os.mkdir("/dev/shm")
+    _mount("none", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=50%,mode=1777")
+    for name, dest in links.items():
+        if not os.path.lexists(f"/dev/{name}"):
+            os.symlink(dest, f"/dev/{name}")
+    _mount(None, "/dev", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
 
 
 # --- privileges --------------------------------------------------------------------------
@@ -551,7 +560,8 @@ def _apply_landlock(policy: dict[str, Any], report: _Report) -> None:
         # A writable folder that holds a hidden path (notebooks in ~) can't itself be listed or
         # get new entries; what is in it can.  Landlock can only allow, never carve out.
         # Without the mount namespace, what must stay read-only is carved out of the write grant.
-        ro = [] if policy.get("readonly_done") is not None else fs.get("readonly", [])
+        done = set(policy.get("readonly_done") or [])
+        ro = [p for p in fs.get("readonly", []) if p not in done]
         if _grant(rs, path, [*hidden, *ro], rs.handled, 0, masked):
             writable.append(os.path.realpath(path))
     rs.restrict()
