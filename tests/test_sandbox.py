@@ -440,17 +440,19 @@ def test_strict_refuses_to_start_without_a_protection() -> None:
         stop_kernel(km, kc)
 
 
-def test_bad_policy_is_a_clear_error() -> None:
+def test_bad_policy_is_a_clear_error(tmp_path: Path) -> None:
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-m", "jax_kernel", "--Sandbox.memory_limit=lots", "-f", "/nonexistent/x.json"],
+        [sys.executable, "-m", "jax_kernel", "--Sandbox.memory_limit=lots", "-f", str(tmp_path / "k.json")],
         capture_output=True,
         text=True,
         timeout=60,
+        stdin=subprocess.DEVNULL,
     )
-    assert proc.returncode != 0
-    assert "Sandbox.memory_limit" in proc.stderr and "'lots' is not a size" in proc.stderr
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Sandbox.memory_limit: 'lots' is not a size" in out, out
 
 
 def test_off_profile_applies_nothing_and_none_hides_accelerators(tmp_path: Path) -> None:
