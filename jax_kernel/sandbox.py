@@ -242,6 +242,22 @@ class WorkerSandbox:
             threading.Thread(target=lambda: [c.release() for c in cgroups], daemon=True).start()
 
 
+def _sweep_stale_state(parent: str) -> None:
+    """Remove state dirs of kernels that died without cleaning up (SIGKILL)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(r"jax-kernel-sandbox-(\d+)-\w+", name)
+        path = os.path.join(parent, name)
+        try:
+            if m and not os.path.exists(f"/proc/{m.group(1)}") and os.stat(path).st_uid == os.geteuid():
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _sweep_stale(parent: str) -> None:
     """Remove cgroups left by kernels that were killed (SIGKILL leaves no time to clean up)."""
     try:
@@ -418,7 +434,8 @@ class Sandbox(LoggingConfigurable):
     def state_dir(self) -> str:
         """A private directory for this kernel's workers: their temp dir and IPython history."""
         if self._state_dir is None:
-            self._state_dir = tempfile.mkdtemp(prefix="jax-kernel-sandbox-")
+            self._state_dir = tempfile.mkdtemp(prefix=f"jax-kernel-sandbox-{os.getpid()}-")
+            _sweep_stale_state(os.path.dirname(self._state_dir))
             os.mkdir(os.path.join(self._state_dir, "tmp"), 0o700)
             os.mkdir(os.path.join(self._state_dir, "history"), 0o700)
             # What a hidden file looks like inside the sandbox: empty and mode 000.
