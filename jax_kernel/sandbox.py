@@ -519,6 +519,18 @@ class Sandbox(LoggingConfigurable):
             )
         return None
 
+    def _matplotlib_cache(self) -> str | None:
+        """Matplotlib's cache dir, made if missing: read-only, it warns on every import and
+        rebuilds its font cache each time (seconds).  It holds JSON data, never code."""
+        path = os.environ.get("MPLCONFIGDIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "matplotlib"
+        )
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            return None
+        return path
+
     def _devices(self) -> list[str]:
         if self.accelerators == "none":
             return []
@@ -563,6 +575,9 @@ class Sandbox(LoggingConfigurable):
         if cache:
             os.makedirs(cache, exist_ok=True)
             writable.append(cache)
+        mpl = self._matplotlib_cache()
+        if mpl:
+            writable.append(mpl)
         writable += [os.path.expanduser(p) for p in self.writable_paths]
         kernel_side = {"environment": "scrubbed (kernel secrets, tokens, connection paths removed)"}
         if self.cpu_time_limit:
