@@ -608,6 +608,8 @@ _DENY = {
 _CHMOD = {"x86_64": (90, 91, 268, 452), "aarch64": (52, 53, 452)}
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _SOCKET = {"x86_64": 41, "aarch64": 198}
+#: Allowed at once, before the deny list is walked: XLA's thread pools call futex all the time.
+_FAST = {"x86_64": (202,), "aarch64": (98,)}
 AF_UNIX = 1
 _CLONE3 = 435
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
@@ -643,6 +645,17 @@ def seccomp_program(arch: str = _ARCH, root: bool = False, deny_unix_sockets: bo
     ]
     if arch == "x86_64":  # the x32 ABI would otherwise be a way around every rule
         prog += [_ins(_BPF_JGE_K, 0x40000000, 0, 1), _ins(_BPF_RET_K, _RET_ERRNO | errno.EPERM)]
+    # Fast paths (each filtered call walks the list; ~60 ns saved per hot call): numbers below
+    # every one the filter looks at (read, write, mmap, poll, sched_yield, ...), and futex.
+    checked = [*deny.values(), _CLONE3, _CLONE[arch]]
+    if root:
+        checked += _CHMOD[arch]
+    if deny_unix_sockets:
+        checked.append(_SOCKET[arch])
+    prog += [_ins(_BPF_JGE_K, min(checked), 1, 0), _ins(_BPF_RET_K, _RET_ALLOW)]
+    for nr in _FAST[arch]:
+        assert nr not in checked
+        prog += [_ins(_BPF_JEQ_K, nr, 0, 1), _ins(_BPF_RET_K, _RET_ALLOW)]
     for nr in sorted(deny.values()):
         prog += [_ins(_BPF_JEQ_K, nr, 0, 1), _ins(_BPF_RET_K, _RET_ERRNO | errno.EPERM)]
     if root:
