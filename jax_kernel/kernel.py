@@ -124,6 +124,7 @@ class JaxKernel(IPythonKernel):
         info = super().kernel_info
         # ipykernel's debugger and subshells would act on this process, which runs no user code.
         info["supported_features"] = []
+        info["sandbox"] = self.manager.sandbox.info()
         return info
 
     def pre_handler_hook(self) -> None:
