@@ -92,6 +92,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     (root / "browser.ipynb").write_text(json.dumps(notebook))
     port = _free_port()
+    (root / "config").mkdir()
+    if os.environ.get("JAX_KERNEL_BROWSER_DEBUG"):
+        (root / "config" / "jax_kernel_config.py").write_text("c.Application.log_level = 'DEBUG'\n")
     env = {
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(root / "config"),
@@ -126,6 +129,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "lab.log", ARTIFACTS / "lab.log")  # the server's and kernel's own logs
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +167,7 @@ def run(page: Any, name: str, wait: bool = True) -> Any:
     prompt = target.locator(".jp-InputPrompt")
     before = prompt.inner_text().strip()
     for _attempt in range(5):
+        _no_dialog(page)
         target.locator(".jp-InputArea-editor").click()
         page.keyboard.press("Shift+Enter")
         if _started(page, prompt, before):
@@ -172,6 +178,14 @@ def run(page: Any, name: str, wait: bool = True) -> Any:
         playwright_api.expect(prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=UI_TIMEOUT_MS)
         wait_idle(page)
     return target
+
+
+def _no_dialog(page: Any) -> None:
+    """A modal dialog (kernel died, kernel not found...) would swallow clicks: fail with its text."""
+    dialogs = page.locator(".jp-Dialog")
+    if dialogs.count():
+        shot(page, "dialog")
+        raise AssertionError(f"JupyterLab shows a dialog: {dialogs.first.inner_text()!r}")
 
 
 def _started(page: Any, prompt: Any, before: str, within: float = 3.0) -> bool:
