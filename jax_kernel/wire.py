@@ -48,9 +48,17 @@ OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ready": {"python": str, "jax_version": str},
 }
 
+#: The JAX entry points' requests.  Each is also a custom Jupyter shell message:
+#: ``<kind>_request`` from a frontend becomes the wire request ``<kind>``, answered by ``<kind>_reply``.
+JAX_REQUESTS = frozenset({"jax_load", "jax_transform", "jax_program"})
+
+#: Requests that run user code in the worker: interruptible, with an output budget.
+USER_CODE_REQUESTS = frozenset({"execute"} | JAX_REQUESTS)
+
 #: Requests the kernel sends to the worker (the worker trusts the kernel).
 KERNEL_REQUESTS = frozenset(
     {"execute", "complete", "inspect", "is_complete", "history", "info", "input_reply", "shutdown"}
+    | JAX_REQUESTS
 )
 
 STREAM_NAMES = frozenset({"stdout", "stderr"})

@@ -22,6 +22,7 @@ from IPython.utils.tokenutil import token_at_cursor
 
 from .. import wire
 from ..budget import OutputBudget
+from . import jax_ops
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -43,6 +44,7 @@ class WorkerServer:
         self.shell = WorkerShell.instance(send=self._send_output)
         self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
+        jax_ops.configure(config)
         builtins.input = self.raw_input
         getpass.getpass = self.getpass
 
@@ -60,6 +62,9 @@ class WorkerServer:
             "history": self.do_history,
             "info": self.do_info,
             "shutdown": self.do_shutdown,
+            "jax_load": self.do_jax,
+            "jax_transform": self.do_jax,
+            "jax_program": self.do_jax,
         }
 
     # plumbing ---------------------------------------------------------------
@@ -148,9 +153,12 @@ class WorkerServer:
             )
             err = res.error_before_exec or res.error_in_exec
             success = res.success
+            restart = err if isinstance(err, jax_ops.JaxRestartRequired) else None
+            if restart is not None:  # not a failure: the kernel replaces the worker and goes on
+                success = True
         except KeyboardInterrupt as e:  # outside user code proper, e.g. in a post-execute hook
             shell.showtraceback()
-            err, success = e, False
+            err, success, restart = e, False, None
         finally:
             self.interruptible = False
         self.fd_capture.drain()
@@ -175,7 +183,20 @@ class WorkerServer:
         shell.payload_manager.clear_payload()
         reply["next_execution_count"] = shell.execution_count
         reply["jax_version"] = getattr(sys.modules.get("jax"), "__version__", None)
+        if restart is not None:
+            reply["jax_restart"] = {"settings": restart.settings, "reason": restart.reason}
         return reply
+
+    def do_jax(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A jax_load / jax_transform / jax_program request: user code, so interruptible."""
+        self.budget.reset(self.budget.limit)
+        self.pending_interrupt = False
+        self.interruptible = True
+        try:
+            return jax_ops.handle_request(msg, self.shell.user_ns)
+        finally:
+            self.interruptible = False
+            self.fd_capture.drain()
 
     def do_complete(self, msg: dict[str, Any]) -> dict[str, Any]:
         code = msg["code"]
