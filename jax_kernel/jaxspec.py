@@ -197,8 +197,24 @@ def parse_devices(devices: Any) -> list[int] | None:
     return list(devices)
 
 
-def check_load_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate load_jax_library's settings; returns them normalised, Nones dropped."""
+def _from_string(value: str, kinds: tuple[type, ...]) -> Any:
+    """A command-line value ("4", "true", "0.5") as the type a setting takes."""
+    if bool in kinds and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    for kind in (int, float):
+        if kind in kinds:
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
+def check_load_settings(settings: Mapping[str, Any], from_strings: bool = False) -> dict[str, Any]:
+    """Validate load_jax_library's settings; returns them normalised, Nones dropped.
+
+    ``from_strings`` accepts "4" for 4 and "true" for True, as traitlets' command line gives them.
+    """
     if not isinstance(settings, Mapping):
         raise JaxSpecError("load settings must be an object (a dict)")
     out: dict[str, Any] = {}
@@ -208,6 +224,8 @@ def check_load_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         kinds = LOAD_SETTINGS[key]
+        if from_strings and isinstance(value, str):
+            value = _from_string(value, kinds)
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             names = "/".join(k.__name__ for k in kinds)
             raise JaxSpecError(f"setting {key!r} must be {names}, not {type(value).__name__}")

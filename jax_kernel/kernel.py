@@ -68,6 +68,11 @@ class JaxKernel(IPythonKernel):
         help="Largest jax_*_reply (bytes of JSON) relayed from the worker; a larger one becomes an error.",
     ).tag(config=True)
 
+    max_program_bytes = Integer(
+        256 * 1024 * 1024,
+        help="Largest serialized JAX program a jax_program_request may send or name; larger ones are refused.",
+    ).tag(config=True)
+
     manager = Instance(WorkerManager)
 
     @default("manager")
@@ -409,6 +414,14 @@ class JaxKernel(IPythonKernel):
         self._output_ident = ident
         try:
             fields = _jax_request_fields(kind, parent.get("content"))
+            if kind == "jax_program":
+                fields["max_bytes"] = self.max_program_bytes
+                b64 = fields.get("program_base64")
+                if b64 is not None and len(b64) * 3 // 4 > self.max_program_bytes:
+                    raise jaxspec.JaxSpecError(
+                        f"program is about {len(b64) * 3 // 4:,} bytes, over the "
+                        f"{self.max_program_bytes:,}-byte limit (JaxKernel.max_program_bytes)"
+                    )
         except jaxspec.JaxSpecError as e:
             reply = _jax_error("JaxRequestError", str(e))
         else:
@@ -419,10 +432,9 @@ class JaxKernel(IPythonKernel):
         try:
             content = await self.manager.request(kind, fields)
             if kind == "jax_load" and content.get("status") == "restart":
+                settings = jaxspec.check_load_settings(content.get("settings") or {})
                 warning = self._warn_replacing(content)
-                await self.manager.replace(jaxspec.check_load_settings(content.get("settings") or {}))
-                content = await self.manager.request(kind, fields)
-                reply = self._checked_jax_reply(kind, content)
+                reply = await self._load_in_new_worker(settings)
                 reply.update(worker_replaced=True, warning=warning)
                 return reply
             return self._checked_jax_reply(kind, content)
@@ -451,16 +463,28 @@ class JaxKernel(IPythonKernel):
         except jaxspec.JaxSpecError as e:
             raise MalformedReply(f"bad jax_restart settings from the worker: {e}") from None
         self._warn_replacing(restart)
-        await self.manager.replace(settings)
-        content = self._checked_jax_reply(
-            "jax_load", await self.manager.request("jax_load", {"settings": settings})
-        )
+        content = await self._load_in_new_worker(settings)
         if content["status"] == "ok":
             self._publish("display_data", {"data": content["data"], "metadata": {}, "transient": {}})
             return reply
         error = {k: content[k] for k in ("ename", "evalue", "traceback")}
         self._publish("error", error)
         return {**reply, "status": "error", **error}
+
+    async def _load_in_new_worker(self, settings: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Replace the worker with one started with ``settings`` and load JAX there.
+
+        If JAX cannot start that way (a platform that is not there), later workers go back to
+        the settings that worked, so a crash restart does not fail the same way.
+        """
+        previous = dict(self.manager.jax_overrides)
+        await self.manager.replace(settings)
+        reply = self._checked_jax_reply(
+            "jax_load", await self.manager.request("jax_load", {"settings": settings})
+        )
+        if reply["status"] != "ok":
+            self.manager.jax_overrides = previous
+        return reply
 
     def _checked_jax_reply(self, kind: str, content: dict[str, t.Any]) -> dict[str, t.Any]:
         """Keep only the fields a jax_*_reply may have, of the right types, within the size limit."""

@@ -139,7 +139,7 @@ class WorkerManager(LoggingConfigurable):
 
     def _jax_settings(self) -> dict[str, Any]:
         try:
-            defaults = jaxspec.check_load_settings(self.jax_settings)
+            defaults = jaxspec.check_load_settings(self.jax_settings, from_strings=True)
         except jaxspec.JaxSpecError as e:
             self.log.error("Ignoring WorkerManager.jax_settings: %s", e)
             defaults = {}

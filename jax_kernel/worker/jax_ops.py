@@ -207,6 +207,17 @@ def _start(settings: Mapping[str, Any]) -> None:
         raise JaxLoadError(f"platform {what!r} is not available ({detail}); present: {present}") from None
 
 
+def _check_plugin(platform: str | None) -> None:
+    """A GPU platform whose plugin is not installed cannot appear in a new worker either: say so now."""
+    from jax._src import xla_bridge
+
+    if platform in ("cuda", "rocm") and platform not in xla_bridge._backend_factories:
+        raise JaxLoadError(
+            f"platform {platform!r} is not available (no {platform} plugin is installed, e.g. "
+            f"jax[{'cuda12' if platform == 'cuda' else 'rocm'}]); present: {_present()}"
+        )
+
+
 def _check_devices(settings: Mapping[str, Any]) -> None:
     import jax
 
@@ -230,6 +241,7 @@ def load(settings: Mapping[str, Any]) -> JaxInfo:
     if backend_started():
         if settings.get("devices") is not None and not settings.get("platform"):
             settings["platform"] = _platform()
+        _check_plugin(settings.get("platform"))
         conflicts = _conflicts(settings)
         if conflicts:
             wanted = {**STATE.applied, **settings}
@@ -953,7 +965,8 @@ def handle_request(msg: Mapping[str, Any], ns: dict[str, Any]) -> dict[str, Any]
                 import base64
 
                 program = base64.b64decode(msg["program_base64"])
-            outcome = run_program(program, msg.get("args"), options, ns)
+            max_bytes = int(msg.get("max_bytes") or MAX_PROGRAM_BYTES)
+            outcome = run_program(program, msg.get("args"), options, ns, max_bytes)
         if options.get("out"):
             ns[options["out"]] = outcome.value
         return {"status": "ok", "data": result_bundle(outcome.value, max_values), "reports": outcome.reports}
