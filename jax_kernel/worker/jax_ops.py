@@ -817,7 +817,7 @@ def check_program(exp: Any, args: tuple[Any, ...]) -> None:
     if bad:
         raise ProgramRejected(f"program calls custom_call target(s) not on the allowlist: {', '.join(bad)}")
     try:
-        expected_args = exp.in_tree.children()[0].num_children
+        expected_args = len(exp.in_tree.children()[0].children())
     except Exception:  # noqa: BLE001
         expected_args = None
     if expected_args is not None and expected_args != len(args):

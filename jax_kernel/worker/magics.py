@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, line_magic, magics_class, no_var_expand
 from IPython.display import display
 
 from . import jax_ops
@@ -129,6 +130,7 @@ class JaxMagics(Magics):
         p.add_argument("--max-values", type=int)
         return p
 
+    @no_var_expand  # ARGS are Python source: {...} and $ must reach Python as written
     @line_magic
     def jax(self, line: str) -> None:
         """Apply a JAX transformation to a function, call it, and show the result.
@@ -157,13 +159,14 @@ class JaxMagics(Magics):
         if out:
             self.shell.user_ns[out] = value
 
+    @no_var_expand  # ARGS are Python source: {...} and $ must reach Python as written
     @line_magic
     def jax_program(self, line: str) -> None:
         """Validate and run a serialized jax.export program.
 
         %jax_program PATH [ARGS ...] [--time] [--runs N] [--out NAME]
 
-        The program is refused with a one-line reason if it is not an artifact, was exported
+        PATH may also name a variable holding the path or the bytes.  The program is refused with a one-line reason if it is not an artifact, was exported
         for other platforms, gets inputs of the wrong number/shape/dtype, calls a custom_call
         target not on the allowlist, or is too large.  Outputs go into ``_`` (and NAME).
         """
@@ -177,10 +180,18 @@ class JaxMagics(Magics):
             raise UsageError("usage: %jax_program PATH [ARGS ...] [--time]")
         args, flags = _split_flags(rest, p)
         options = {k: v for k, v in vars(p.parse_args(flags)).items() if v is not None}
-        outcome = jax_ops.run_program(path, args, options, self.shell.user_ns)
+        ns = self.shell.user_ns
+        if (
+            not os.path.exists(path)
+            and re.fullmatch(r"[A-Za-z_]\w*", path)
+            and isinstance(ns.get(path), str | bytes | os.PathLike)
+        ):
+            path = ns[path]  # a variable holding the path (or the bytes)
+        outcome = jax_ops.run_program(path, args, options, ns)
         self._store(outcome.value, options.get("out"))
         _show(outcome, options.get("max_values", jax_ops.DEFAULT_MAX_VALUES))
 
+    @no_var_expand  # ARGS are Python source: {...} and $ must reach Python as written
     @line_magic
     def jax_export(self, line: str) -> None:
         """Export jit(FUNCTION) for the shapes/dtypes of ARGS to a file.
