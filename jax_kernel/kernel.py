@@ -447,11 +447,12 @@ class JaxKernel(IPythonKernel):
         except (WorkerError, jaxspec.JaxSpecError) as e:
             return _jax_error(type(e).__name__, f"The worker could not serve {kind}_request: {e}")
 
-    def _warn_replacing(self, content: dict[str, t.Any]) -> str:
+    def _warn_replacing(self, content: dict[str, t.Any], in_cell: bool = False) -> str:
         reason = content.get("reason") if isinstance(content.get("reason"), str) else "new JAX settings"
+        rest = " Code after it in this cell did not run." if in_cell else ""
         warning = (
-            f"{reason[:1000]}. Replacing the worker to apply them: all variables are lost "
-            "(put %load_jax / load_jax_library first in a notebook to avoid this)."
+            f"{reason[:1000]}. Replacing the worker to apply them: all variables are lost.{rest} "
+            "(Put %load_jax / load_jax_library first in a notebook to avoid this.)"
         )
         self._publish("stream", {"name": "stderr", "text": f"[jax-kernel] {warning}\n"})
         return warning
@@ -462,7 +463,7 @@ class JaxKernel(IPythonKernel):
             settings = jaxspec.check_load_settings(restart.get("settings") or {})
         except jaxspec.JaxSpecError as e:
             raise MalformedReply(f"bad jax_restart settings from the worker: {e}") from None
-        self._warn_replacing(restart)
+        self._warn_replacing(restart, in_cell=True)
         content = await self._load_in_new_worker(settings)
         if content["status"] == "ok":
             self._publish("display_data", {"data": content["data"], "metadata": {}, "transient": {}})
