@@ -7,6 +7,9 @@ One kernel for the module, whose workers start with 4 host CPU devices through
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -287,3 +290,28 @@ def test_function_route_error_is_one_line(jk: Kernel) -> None:
     res = jk.run("execute_jax_transformation('grad', f, 'xs', options={'in_axes': 0})")
     assert res.reply["ename"] == "TransformError"
     assert res.reply["traceback"] == [f"\x1b[0;31mTransformError\x1b[0m: {res.reply['evalue']}"]
+
+
+def test_interrupt_stops_a_transform_request_and_keeps_state(jk: Kernel, client: JaxClient) -> None:
+    pid = jk.worker_pid()
+    threading.Timer(
+        1.0, lambda: jk.kc.control_channel.send(jk.kc.session.msg("interrupt_request", {}))
+    ).start()
+    reply = client.transform("jit", "lambda x: __import__('time').sleep(60) or x", "1.0", timeout=30)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert jk.worker_pid() == pid
+    assert jk.ok("xs.shape").of("execute_result")
+
+
+def test_kernel_process_never_imports_jax() -> None:
+    code = (
+        "import sys, jax_kernel, jax_kernel.kernel, jax_kernel.client, jax_kernel.jaxspec\n"
+        "assert 'jax' not in sys.modules, 'jax imported'\n"
+        "f = jax_kernel.execute_jax_transformation\n"
+        "assert callable(f) and 'jax' not in sys.modules\n"
+        "from jax_kernel import load_jax_library, execute_jax_program, export_jax_program\n"
+        "print(float(f('grad', lambda x: x ** 3, [2.0])))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "12.0"
