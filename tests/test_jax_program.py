@@ -23,8 +23,10 @@ def model(x, y):
     return jnp.tanh(x @ y) * 2.0
 
 
-X = jnp.arange(12.0).reshape(3, 4) / 10
-Y = jnp.ones((4, 2)) / 3
+# numpy, not jax.numpy: a JAX array here would start XLA's threads at collection time, before
+# other test modules fork (pexpect).
+X = np.arange(12.0, dtype=np.float32).reshape(3, 4) / np.float32(10)
+Y = np.ones((4, 2), dtype=np.float32) / np.float32(3)
 
 
 @pytest.fixture(scope="module")

@@ -52,9 +52,11 @@ def aux(x):
     return jnp.sum(x**2), {"norm": jnp.linalg.norm(x)}
 
 
-xs = jnp.arange(6.0).reshape(3, 2) / 7
-v = jnp.array([0.5, -1.0, 2.0])
-w = jnp.array([1.0, 2.0, 3.0])
+# numpy, not jax.numpy: creating a JAX array here would start XLA's threads at collection time,
+# and other test modules fork (pexpect) afterwards.
+xs = np.arange(6.0, dtype=np.float32).reshape(3, 2) / np.float32(7)
+v = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+w = np.array([1.0, 2.0, 3.0], dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
