@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import base64
-import json
 import sys
 import threading
 import typing as t
@@ -20,7 +18,8 @@ import zmq
 from ipykernel.ipkernel import IPythonKernel
 from traitlets import Instance, Integer, default
 
-from . import __version__, jaxspec, wire
+from . import __version__, wire
+from .jax_messages import JaxEntryPoints
 from .manager import WorkerDied, WorkerError, WorkerManager
 
 #: Fields of each worker output message that become the IOPub message's content.
@@ -51,7 +50,7 @@ def _require(content: dict[str, t.Any], field: str, kind: type | tuple[type, ...
     return value
 
 
-class JaxKernel(IPythonKernel):
+class JaxKernel(JaxEntryPoints, IPythonKernel):
     """A Jupyter kernel that never runs user code itself: a worker process runs every cell."""
 
     implementation = "jax-kernel"
@@ -61,16 +60,6 @@ class JaxKernel(IPythonKernel):
         5_000_000,
         help="Characters of stdout/stderr one cell may send; the rest is dropped with a notice "
         "(a runaway print must not take the browser or the kernel down).",
-    ).tag(config=True)
-
-    jax_reply_limit = Integer(
-        16 * 1024 * 1024,
-        help="Largest jax_*_reply (bytes of JSON) relayed from the worker; a larger one becomes an error.",
-    ).tag(config=True)
-
-    max_program_bytes = Integer(
-        256 * 1024 * 1024,
-        help="Largest serialized JAX program a jax_program_request may send or name; larger ones are refused.",
     ).tag(config=True)
 
     manager = Instance(WorkerManager)
@@ -91,8 +80,7 @@ class JaxKernel(IPythonKernel):
         self.manager.problem_handler = self._publish_problem
         self.manager.input_handler = self._relay_input_request
         atexit.register(self.manager.kill_now)
-        for kind in wire.JAX_REQUESTS:  # custom shell messages: jax_load_request -> jax_load_reply, ...
-            self.shell_handlers[f"{kind}_request"] = self.jax_request
+        self.register_jax_handlers()  # jax_load_request -> jax_load_reply, ...
 
     def start(self) -> None:
         super().start()
@@ -401,181 +389,3 @@ class JaxKernel(IPythonKernel):
     async def do_shutdown(self, restart: bool) -> dict[str, t.Any]:  # type: ignore[override]
         await self.manager.shutdown()
         return {"status": "ok", "restart": restart}
-
-    # JAX entry points: jax_load_request, jax_transform_request, jax_program_request -------
-    async def jax_request(self, stream: t.Any, ident: t.Any, parent: dict[str, t.Any]) -> None:
-        """Validate a jax_*_request, have the worker serve it, and send back the checked reply.
-
-        Registered in ``shell_handlers``, so ipykernel's dispatch publishes busy/idle around it
-        as for any shell request; outputs the worker prints go out under this request.
-        """
-        kind = parent["header"]["msg_type"].removesuffix("_request")
-        self._output_parent = parent
-        self._output_ident = ident
-        try:
-            fields = _jax_request_fields(kind, parent.get("content"))
-            if kind == "jax_program":
-                fields["max_bytes"] = self.max_program_bytes
-                b64 = fields.get("program_base64")
-                if b64 is not None and len(b64) * 3 // 4 > self.max_program_bytes:
-                    raise jaxspec.JaxSpecError(
-                        f"program is about {len(b64) * 3 // 4:,} bytes, over the "
-                        f"{self.max_program_bytes:,}-byte limit (JaxKernel.max_program_bytes)"
-                    )
-        except jaxspec.JaxSpecError as e:
-            reply = _jax_error("JaxRequestError", str(e))
-        else:
-            reply = await self._serve_jax(kind, fields)
-        self.session.send(stream, f"{kind}_reply", reply, parent, ident)
-
-    async def _serve_jax(self, kind: str, fields: dict[str, t.Any]) -> dict[str, t.Any]:
-        try:
-            content = await self.manager.request(kind, fields)
-            if kind == "jax_load" and content.get("status") == "restart":
-                settings = jaxspec.check_load_settings(content.get("settings") or {})
-                warning = self._warn_replacing(content)
-                reply = await self._load_in_new_worker(settings)
-                reply.update(worker_replaced=True, warning=warning)
-                return reply
-            return self._checked_jax_reply(kind, content)
-        except WorkerDied as e:
-            return _jax_error(
-                "WorkerDied",
-                f"The worker process {e.how} while serving {kind}_request. "
-                "A fresh worker was started; all variables were lost.",
-            )
-        except (WorkerError, jaxspec.JaxSpecError) as e:
-            return _jax_error(type(e).__name__, f"The worker could not serve {kind}_request: {e}")
-
-    def _warn_replacing(self, content: dict[str, t.Any], in_cell: bool = False) -> str:
-        reason = content.get("reason") if isinstance(content.get("reason"), str) else "new JAX settings"
-        rest = " Code after it in this cell did not run." if in_cell else ""
-        warning = (
-            f"{reason[:1000]}. Replacing the worker to apply them: all variables are lost.{rest} "
-            "(Put %load_jax / load_jax_library first in a notebook to avoid this.)"
-        )
-        self._publish("stream", {"name": "stderr", "text": f"[jax-kernel] {warning}\n"})
-        return warning
-
-    async def _replace_for_jax(self, restart: dict[str, t.Any], reply: dict[str, t.Any]) -> dict[str, t.Any]:
-        """A cell's load_jax_library needs a new worker: warn, replace it, load JAX there, show the result."""
-        try:
-            settings = jaxspec.check_load_settings(restart.get("settings") or {})
-        except jaxspec.JaxSpecError as e:
-            raise MalformedReply(f"bad jax_restart settings from the worker: {e}") from None
-        self._warn_replacing(restart, in_cell=True)
-        content = await self._load_in_new_worker(settings)
-        if content["status"] == "ok":
-            self._publish("display_data", {"data": content["data"], "metadata": {}, "transient": {}})
-            return reply
-        error = {k: content[k] for k in ("ename", "evalue", "traceback")}
-        self._publish("error", error)
-        return {**reply, "status": "error", **error}
-
-    async def _load_in_new_worker(self, settings: dict[str, t.Any]) -> dict[str, t.Any]:
-        """Replace the worker with one started with ``settings`` and load JAX there.
-
-        If JAX cannot start that way (a platform that is not there), later workers go back to
-        the settings that worked, so a crash restart does not fail the same way.
-        """
-        previous = dict(self.manager.jax_overrides)
-        await self.manager.replace(settings)
-        reply = self._checked_jax_reply(
-            "jax_load", await self.manager.request("jax_load", {"settings": settings})
-        )
-        if reply["status"] != "ok":
-            self.manager.jax_overrides = previous
-        return reply
-
-    def _checked_jax_reply(self, kind: str, content: dict[str, t.Any]) -> dict[str, t.Any]:
-        """Keep only the fields a jax_*_reply may have, of the right types, within the size limit."""
-        status = content.get("status")
-        if status == "error":
-            return _jax_error(
-                _require(content, "ename", str)[:200],
-                _require(content, "evalue", str)[:4000],
-                [s for s in _require(content, "traceback", list) if isinstance(s, str)][-50:],
-            )
-        if status != "ok":
-            raise MalformedReply(f"{kind} reply has no valid status")
-        data = _require(content, "data", dict)
-        if not all(isinstance(v, str) for k, v in data.items() if k.startswith("text/")):
-            raise MalformedReply("text/* entries of the result bundle must be strings")
-        reply: dict[str, t.Any] = {"status": "ok", "data": data, "metadata": {}}
-        if kind == "jax_load":
-            reply["info"] = _require(content, "info", dict)
-        else:
-            reply["reports"] = _require(content, "reports", dict)
-        size = len(json.dumps(reply))
-        if size > self.jax_reply_limit:
-            return _jax_error(
-                "ReplyTooLarge",
-                f"the {kind}_reply would be {size:,} bytes, over JaxKernel.jax_reply_limit "
-                f"({self.jax_reply_limit:,}); lower options.max_values or ask for fewer reports",
-            )
-        return reply
-
-
-def _jax_error(ename: str, evalue: str, traceback: list[str] | None = None) -> dict[str, t.Any]:
-    return {
-        "status": "error",
-        "ename": ename,
-        "evalue": evalue,
-        "traceback": traceback if traceback is not None else [f"{_RED}{ename}{_RESET}: {evalue}"],
-    }
-
-
-def _jax_request_fields(kind: str, content: t.Any) -> dict[str, t.Any]:
-    """The fields of a jax_*_request, checked here so bad input never reaches the worker."""
-    if not isinstance(content, dict):
-        raise jaxspec.JaxSpecError(f"{kind}_request content must be an object")
-    if kind == "jax_load":
-        known = set(jaxspec.LOAD_SETTINGS)
-        unknown = sorted(set(content) - known)
-        if unknown:
-            raise jaxspec.JaxSpecError(
-                f"unknown {kind}_request field(s) {', '.join(unknown)}; known: {', '.join(jaxspec.LOAD_SETTINGS)}"
-            )
-        return {"settings": jaxspec.check_load_settings(content)}
-    if kind == "jax_transform":
-        known = {"transformation", "function", "args", "options"}
-        unknown = sorted(set(content) - known)
-        if unknown:
-            raise jaxspec.JaxSpecError(
-                f"unknown {kind}_request field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        jaxspec.parse_transformation(content.get("transformation"))
-        return {
-            "transformation": content["transformation"],
-            "function": jaxspec.check_function(content.get("function")),
-            "args": jaxspec.check_args(content.get("args")),
-            "options": jaxspec.check_options(
-                content.get("options"), jaxspec.TRANSFORM_OPTIONS, "transformation"
-            ),
-        }
-    known = {"program", "program_base64", "args", "options"}
-    unknown = sorted(set(content) - known)
-    if unknown:
-        raise jaxspec.JaxSpecError(
-            f"unknown {kind}_request field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    program, b64 = content.get("program"), content.get("program_base64")
-    if (program is None) == (b64 is None):
-        raise jaxspec.JaxSpecError(
-            "give exactly one of 'program' (a path in the worker) and 'program_base64'"
-        )
-    if program is not None and (not isinstance(program, str) or not program):
-        raise jaxspec.JaxSpecError("'program' must be a path (a non-empty string)")
-    if b64 is not None:
-        if not isinstance(b64, str):
-            raise jaxspec.JaxSpecError("'program_base64' must be a base64 string")
-        try:
-            base64.b64decode(b64, validate=True)
-        except ValueError:
-            raise jaxspec.JaxSpecError("'program_base64' is not valid base64") from None
-    fields: dict[str, t.Any] = {
-        "args": jaxspec.check_args(content.get("args")),
-        "options": jaxspec.check_options(content.get("options"), jaxspec.PROGRAM_OPTIONS, "program"),
-    }
-    fields["program" if program is not None else "program_base64"] = program if program is not None else b64
-    return fields
