@@ -148,10 +148,14 @@ class JaxEntryPoints(Configurable):
         the settings that worked, so a crash restart does not fail the same way.
         """
         previous = dict(self.manager.jax_overrides)
-        await self.manager.replace(settings)
-        reply = self._checked_jax_reply(
-            "jax_load", await self.manager.request("jax_load", {"settings": settings})
-        )
+        try:
+            await self.manager.replace(settings)
+            reply = self._checked_jax_reply(
+                "jax_load", await self.manager.request("jax_load", {"settings": settings})
+            )
+        except BaseException:
+            self.manager.jax_overrides = previous  # e.g. the new worker did not start
+            raise
         if reply["status"] != "ok":
             self.manager.jax_overrides = previous
         return reply

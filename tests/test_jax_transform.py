@@ -203,6 +203,29 @@ def test_reports_time_jaxpr_hlo_cost(jk: Kernel, client: JaxClient) -> None:
     assert "jaxpr:" in shown
 
 
+def test_reports_for_pmap_and_for_a_non_jit_outermost(client: JaxClient) -> None:
+    for transformation in ("pmap", "vmap(grad)"):
+        reply = client.transform(
+            transformation,
+            "lambda x: jnp.sum(jnp.sin(x) * 2)" if "grad" in transformation else "lambda x: x * 2",
+            "jnp.arange(4.0)" if transformation == "pmap" else "jnp.ones((3, 2))",
+            time=True,
+            runs=2,
+            jaxpr=True,
+            hlo=True,
+            cost=True,
+        )
+        assert reply["status"] == "ok", reply
+        assert set(reply["reports"]) == {"time", "jaxpr", "hlo", "cost"}
+        assert reply["reports"]["time"]["runs"] == 2
+
+
+def test_message_route_out_stores_the_value(jk: Kernel, client: JaxClient) -> None:
+    assert client.transform("grad", "f", "xs", out="from_message")["status"] == "ok"
+    res = jk.ok("bool(jnp.allclose(from_message, jax.grad(f)(xs)))")
+    assert res.of("execute_result")[0]["data"]["text/plain"] == "True"
+
+
 def test_large_results_are_summarised_not_dumped(client: JaxClient) -> None:
     reply = client.transform("jit", "lambda n: jnp.ones((n, n))", "200", static_argnums=0, max_values=100)
     node = reply["data"]["application/json"]
