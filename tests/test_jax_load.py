@@ -137,3 +137,12 @@ def test_missing_platform_before_jax_starts() -> None:
         assert _text(Kernel(km, kc).ok("import jax.numpy as jnp\nfloat(jnp.ones(3).sum())")) == "3.0"
     finally:
         stop_kernel(km, kc)
+
+
+def test_worker_death_during_a_request_is_an_error_reply(lk: Kernel, client: JaxClient) -> None:
+    reply = client.transform("jit", "lambda x: __import__('os')._exit(3)", "1.0")
+    assert reply["status"] == "error" and reply["ename"] == "WorkerDied", reply
+    assert "exited with code 3" in reply["evalue"] and "all variables were lost" in reply["evalue"]
+    again = client.transform("grad", "lambda x: x * x", "3.0")
+    assert again["status"] == "ok" and again["data"]["application/json"]["values"] == 6.0
+    assert lk.ok("1").reply["status"] == "ok"  # no stale death report for the next cell
