@@ -261,10 +261,17 @@ def settings_env(settings: Mapping[str, Any]) -> dict[str, str]:
     if platform:
         env["JAX_PLATFORMS"] = platform
     devices = settings.get("devices")
-    if devices is not None and platform in ("cuda", "rocm", "tpu"):
+    if devices is not None and platform != "cpu":
+        # CPU devices cannot be hidden (only checked); accelerators are hidden by their runtimes,
+        # which renumber what is left from 0.  No platform given: whichever GPU runtime is there.
         ids = ",".join(str(d) for d in devices)
-        var = {"cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES", "tpu": "TPU_VISIBLE_CHIPS"}
-        env[var[platform]] = ids
+        var = {
+            "cuda": ("CUDA_VISIBLE_DEVICES",),
+            "rocm": ("HIP_VISIBLE_DEVICES",),
+            "tpu": ("TPU_VISIBLE_CHIPS",),
+        }
+        for name in var.get(platform or "", ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")):
+            env[name] = ids
     if settings.get("x64") is not None:
         env["JAX_ENABLE_X64"] = "1" if settings["x64"] else "0"
     if settings.get("host_device_count") is not None:
