@@ -146,3 +146,12 @@ def test_worker_death_during_a_request_is_an_error_reply(lk: Kernel, client: Jax
     again = client.transform("grad", "lambda x: x * x", "3.0")
     assert again["status"] == "ok" and again["data"]["application/json"]["values"] == 6.0
     assert lk.ok("1").reply["status"] == "ok"  # no stale death report for the next cell
+
+
+def test_functions_are_in_every_namespace_even_after_reset(lk: Kernel) -> None:
+    res = lk.ok(
+        "%reset -f\n[callable(globals().get(n)) for n in ('load_jax_library', 'execute_jax_transformation', "
+        "'execute_jax_program', 'export_jax_program')]"
+    )
+    assert _text(res) == "[True, True, True, True]"
+    assert "load_jax_library" not in lk.ok("%who_ls").of("execute_result")[0]["data"]["text/plain"]

@@ -112,12 +112,11 @@ class WorkerShell(InteractiveShell):
         self.last_error: dict[str, Any] | None = None
         self._init_jax_entry_points()
 
-    def _init_jax_entry_points(self) -> None:
-        """The JAX magics, and their functions in every namespace (hidden from %who)."""
+    def init_user_ns(self) -> None:
+        """Every namespace, including one after %reset, has the JAX entry points' functions (hidden from %who)."""
+        super().init_user_ns()
         from . import jax_ops
-        from .magics import JaxMagics
 
-        self.register_magics(JaxMagics)
         self.push(
             {
                 "load_jax_library": jax_ops.load_jax_library,
@@ -127,6 +126,13 @@ class WorkerShell(InteractiveShell):
             },
             interactive=False,
         )
+
+    def _init_jax_entry_points(self) -> None:
+        """The JAX magics, and one-line errors for the entry points."""
+        from . import jax_ops
+        from .magics import JaxMagics
+
+        self.register_magics(JaxMagics)
         # Our errors are one clear line, not a traceback into jax_kernel; a restart request
         # shows nothing here: the kernel reports it.
         self.set_custom_exc((jax_ops.JaxEntryError, jax_ops.JaxRestartRequired), _jax_exc_handler)
