@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
+import binascii
 import sys
 import threading
 import typing as t
@@ -79,6 +81,10 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
         self.manager.output_handler = self._publish_output
         self.manager.problem_handler = self._publish_problem
         self.manager.input_handler = self._relay_input_request
+        self.manager.exit_handler = self._close_worker_comms
+        self._open_comms: dict[str, str] = {}  # comm_id -> target_name, as the frontend sees them
+        for msg_type in wire.COMM_MSG_TYPES:
+            self.shell_handlers[msg_type] = self._forward_comm
         atexit.register(self.manager.kill_now)
         self.register_jax_handlers()  # jax_load_request -> jax_load_reply, ...
 
@@ -152,6 +158,9 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
 
     def _publish_output(self, msg: dict[str, t.Any]) -> None:
         kind = msg["type"]
+        if kind == "comm":
+            self._publish_comm(msg)
+            return
         fields = _OUTPUT_FIELDS.get(kind)
         if fields is None:
             return
@@ -159,6 +168,77 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
 
     def _publish_problem(self, text: str) -> None:
         self._publish("stream", {"name": "stderr", "text": f"[jax-kernel] {text}\n"})
+
+    # comms (widgets, progress bars) --------------------------------------------------------
+    def _publish_comm(self, msg: dict[str, t.Any]) -> None:
+        try:
+            buffers = [base64.b64decode(b, validate=True) for b in msg["buffers"]]
+        except (binascii.Error, ValueError):
+            self._publish_problem("dropped a comm message from the worker with a malformed buffer")
+            return
+        msg_type, content = msg["msg_type"], msg["content"]
+        self._track_comm(msg_type, content)
+        self.session.send(
+            self.iopub_socket,
+            msg_type,
+            content,
+            parent=self._output_parent,
+            metadata=msg["metadata"],
+            buffers=buffers,
+            ident=self._topic(msg_type),
+        )
+
+    def _track_comm(self, msg_type: str, content: dict[str, t.Any]) -> None:
+        if msg_type == "comm_open":
+            self._open_comms[content["comm_id"]] = str(content.get("target_name", ""))
+        elif msg_type == "comm_close":
+            self._open_comms.pop(content["comm_id"], None)
+
+    async def _forward_comm(self, stream: t.Any, ident: t.Any, parent: dict[str, t.Any]) -> None:
+        """A comm message from the frontend: the comm lives in the worker, so its handlers run there."""
+        msg_type, content = parent["header"]["msg_type"], parent.get("content") or {}
+        if not isinstance(content.get("comm_id"), str):
+            self.log.warning("Ignoring a %s without a comm_id", msg_type)
+            return
+        self._output_parent = parent
+        self._track_comm(msg_type, content)
+        buffers = [
+            base64.b64encode(b.bytes if hasattr(b, "bytes") else bytes(b)).decode("ascii")
+            for b in parent.get("buffers") or []
+        ]
+        request = {"msg_type": msg_type, "content": content, "metadata": parent.get("metadata") or {}}
+        try:
+            await self.manager.request("comm", {**request, "buffers": buffers})
+        except WorkerDied as e:
+            self._publish_problem(
+                f"The worker process {e.how} while handling a widget message; all variables were lost."
+            )
+        except WorkerError as e:
+            self.log.warning("Worker could not handle %s: %s", msg_type, e)
+
+    def _close_worker_comms(self) -> None:
+        """A dead worker's comms are gone: tell the frontend, so no widget keeps accepting input."""
+        for comm_id in list(self._open_comms):
+            self.session.send(
+                self.iopub_socket,
+                "comm_close",
+                {"comm_id": comm_id, "data": {}},
+                parent=self._output_parent,
+                ident=self._topic("comm_close"),
+            )
+        self._open_comms.clear()
+
+    async def comm_info_request(self, stream: t.Any, ident: t.Any, parent: dict[str, t.Any]) -> None:
+        """The comms that exist are the worker's."""
+        target_name = (parent.get("content") or {}).get("target_name")
+        content = await self._ask("comm_info", {"target_name": target_name})
+        raw = content.get("comms") if content else None
+        comms = {
+            comm_id: {"target_name": info["target_name"]}
+            for comm_id, info in (raw.items() if isinstance(raw, dict) else ())
+            if isinstance(info, dict) and isinstance(info.get("target_name"), str)
+        }
+        self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident)
 
     # stdin ------------------------------------------------------------------------------
     def _relay_input_request(self, msg: dict[str, t.Any]) -> None:

@@ -26,6 +26,11 @@ class WorkerError(Exception):
     """The worker could not serve a request."""
 
 
+#: Requests that run user code (cells, widget callbacks, the JAX entry points): an interrupt and
+#: its grace period apply.
+INTERRUPTIBLE = frozenset({"execute", "comm"} | wire.JAX_REQUESTS)
+
+
 class WorkerDied(WorkerError):
     """The worker process ended while (or before) serving a request."""
 
@@ -93,6 +98,7 @@ class WorkerManager(LoggingConfigurable):
         self.stream_limit = 5_000_000
         self.output_handler: Callable[[dict[str, Any]], None] = lambda msg: None
         self.problem_handler: Callable[[str], None] = lambda text: None
+        self.exit_handler: Callable[[], None] = lambda: None  # the current worker is gone
         self.input_handler: Callable[[dict[str, Any]], None] = lambda msg: None
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[WorkerProcess, asyncio.Future[dict[str, Any]], str]] = {}
@@ -213,7 +219,7 @@ class WorkerManager(LoggingConfigurable):
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = (worker, fut, kind)
-        if kind in wire.USER_CODE_REQUESTS:
+        if kind == "execute" or kind in wire.JAX_REQUESTS:
             worker.stream_budget.reset(self.stream_limit + 1024)  # room for the worker's own notice
         worker.send({"type": kind, "id": req_id, **content})
         try:
@@ -221,14 +227,9 @@ class WorkerManager(LoggingConfigurable):
         finally:
             self._pending.pop(req_id, None)
 
-    def executing(self) -> WorkerProcess | None:
-        """The worker running a cell right now, if any."""
-        running = self._running_cell()
-        return running[1] if running else None
-
     def _running_cell(self) -> tuple[int, WorkerProcess] | None:
         for req_id, (worker, fut, kind) in self._pending.items():
-            if kind in wire.USER_CODE_REQUESTS and not fut.done():
+            if kind in INTERRUPTIBLE and not fut.done():
                 return req_id, worker
         return None
 
@@ -304,6 +305,8 @@ class WorkerManager(LoggingConfigurable):
             if w is worker and not fut.done():
                 fut.set_exception(death)
                 in_flight = True
+        if worker is self.worker:
+            self.exit_handler()
         if worker is not self.worker or self._stopping:
             return
         self.worker = None

@@ -40,6 +40,7 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "error": {"ename": str, "evalue": str, "traceback": list},
     "input_request": {"prompt": str, "password": bool},
     "reply": {"id": int, "content": dict},
+    "comm": {"msg_type": str, "content": dict, "metadata": dict, "buffers": list},
 }
 
 OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -52,12 +53,20 @@ OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 #: ``<kind>_request`` from a frontend becomes the wire request ``<kind>``, answered by ``<kind>_reply``.
 JAX_REQUESTS = frozenset({"jax_load", "jax_transform", "jax_program"})
 
-#: Requests that run user code in the worker: interruptible, with an output budget.
-USER_CODE_REQUESTS = frozenset({"execute"} | JAX_REQUESTS)
-
 #: Requests the kernel sends to the worker (the worker trusts the kernel).
 KERNEL_REQUESTS = frozenset(
-    {"execute", "complete", "inspect", "is_complete", "history", "info", "input_reply", "shutdown"}
+    {
+        "execute",
+        "complete",
+        "inspect",
+        "is_complete",
+        "history",
+        "info",
+        "input_reply",
+        "shutdown",
+        "comm",
+        "comm_info",
+    }
     | JAX_REQUESTS
 )
 
@@ -121,7 +130,23 @@ def validate_worker_message(msg: dict[str, Any]) -> dict[str, Any]:
         raise WireError("MIME bundle keys must be strings")
     if msg["type"] == "error" and not all(isinstance(line, str) for line in msg["traceback"]):
         raise WireError("traceback entries must be strings")
+    if msg["type"] == "comm":
+        _check_comm(msg)
     return msg
+
+
+COMM_MSG_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
+
+
+def _check_comm(msg: Mapping[str, Any]) -> None:
+    if msg["msg_type"] not in COMM_MSG_TYPES:
+        raise WireError(f"unknown comm message type {msg['msg_type']!r}")
+    if not isinstance(msg["content"].get("comm_id"), str):
+        raise WireError("comm message lacks a string comm_id")
+    if msg["msg_type"] == "comm_open" and not isinstance(msg["content"].get("target_name"), str):
+        raise WireError("comm_open lacks a string target_name")
+    if not all(isinstance(b, str) for b in msg["buffers"]):
+        raise WireError("comm buffers must be base64 strings")
 
 
 class Connection:

@@ -23,6 +23,8 @@ def test_pip_install_makes_the_kernelspec_visible() -> None:
     assert spec.display_name == "JAX (sandboxed)"
     assert spec.language == "python"
     assert spec.argv[1:] == ["-m", "jax_kernel", "-f", "{connection_file}"]
+    # VS Code and JupyterLab interrupt by SIGINT to the kernel, which forwards it to the worker.
+    assert spec.interrupt_mode == "signal"
     resources = set(os.listdir(spec.resource_dir))
     assert {"kernel.json", "logo-32x32.png", "logo-64x64.png"} <= resources
 

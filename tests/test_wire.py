@@ -73,6 +73,9 @@ def test_kernel_backstop_limits_a_worker_that_ignores_the_budget(small_kernel: K
         b'{"type": "reply", "id": true, "content": {}}',
         b"[" * 100_000 + b"]" * 100_000,
         b"\xff\xfe\x00 binary garbage",
+        b'{"type": "comm", "msg_type": "comm_exec", "content": {"comm_id": "c"}, "metadata": {}, "buffers": []}',
+        b'{"type": "comm", "msg_type": "comm_msg", "content": {}, "metadata": {}, "buffers": []}',
+        b'{"type": "comm", "msg_type": "comm_msg", "content": {"comm_id": "c"}, "metadata": {}, "buffers": [1]}',
     ],
     ids=[
         "text",
@@ -85,6 +88,9 @@ def test_kernel_backstop_limits_a_worker_that_ignores_the_budget(small_kernel: K
         "bool-id",
         "deep-nesting",
         "binary",
+        "comm-type",
+        "comm-no-id",
+        "comm-buffer",
     ],
 )
 def test_malformed_frames_are_dropped_and_reported(kernel: Kernel, body: bytes) -> None:
@@ -122,3 +128,17 @@ def test_wire_round_trip_and_schema() -> None:
         wire.validate_worker_message(
             {"type": "execute_result", "execution_count": True, "data": {}, "metadata": {}}
         )
+
+
+def test_comm_with_a_buffer_that_is_not_base64_is_dropped(kernel: Kernel) -> None:
+    bad = {
+        "type": "comm",
+        "msg_type": "comm_msg",
+        "content": {"comm_id": "c"},
+        "metadata": {},
+        "buffers": ["%%"],
+    }
+    res = kernel.ok(INJECT + f"frame(json.dumps({bad!r}).encode())\n'still here'")
+    assert "malformed buffer" in res.stderr
+    assert not res.of("comm_msg")
+    assert res.of("execute_result")[0]["data"]["text/plain"] == "'still here'"

@@ -14,15 +14,17 @@ import sys
 import traceback
 from typing import Any
 
+import ipykernel.zmqshell  # noqa: F401 - see below
 from ipykernel.jsonutil import json_clean
 from IPython.core import release
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.error import StdinNotImplementedError
 from IPython.utils.tokenutil import token_at_cursor
+from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import jax_ops
+from . import comms, jax_ops, jaxdisplay
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -41,7 +43,12 @@ class WorkerServer:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         self.fd_capture = FdCapture({1: self.stdout, 2: self.stderr})
 
-        self.shell = WorkerShell.instance(send=self._send_output)
+        # Libraries tell a notebook frontend from a terminal by what the stock kernel always has: an
+        # IPKernelApp section in the shell's config (plotly, ...) or ipykernel.zmqshell imported
+        # (tqdm.auto). The worker has both (the import costs ~3 ms on top of ipykernel.jsonutil).
+        self.shell = WorkerShell.instance(send=self._send_output, config=Config(IPKernelApp=Config()))
+        self.comm_manager = comms.install(conn.send)
+        jaxdisplay.register(self.shell)
         self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
         jax_ops.configure(config)
@@ -61,6 +68,8 @@ class WorkerServer:
             "is_complete": self.do_is_complete,
             "history": self.do_history,
             "info": self.do_info,
+            "comm": self.do_comm,
+            "comm_info": self.do_comm_info,
             "shutdown": self.do_shutdown,
             "jax_load": self.do_jax,
             "jax_transform": self.do_jax,
@@ -156,6 +165,10 @@ class WorkerServer:
             restart = err if isinstance(err, jax_ops.JaxRestartRequired) else None
             if restart is not None:  # not a failure: the kernel replaces the worker and goes on
                 success = True
+            try:
+                jaxdisplay.settle_effects()
+            except Exception as e:  # noqa: BLE001 - the cell ran; say what went wrong after it
+                print(f"jax-kernel: waiting for JAX's pending callbacks failed: {e}", file=sys.stderr)
         except KeyboardInterrupt as e:  # outside user code proper, e.g. in a post-execute hook
             shell.showtraceback()
             err, success, restart = e, False, None
@@ -196,6 +209,10 @@ class WorkerServer:
             return jax_ops.handle_request(msg, self.shell.user_ns)
         finally:
             self.interruptible = False
+            try:
+                jaxdisplay.settle_effects()  # jax.debug output belongs to this request
+            except Exception:  # noqa: BLE001 - the reply matters more than late debug output
+                pass
             self.fd_capture.drain()
 
     def do_complete(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -265,6 +282,22 @@ class WorkerServer:
         # IPython reports the live session as session 0; frontends (and the spec) expect real numbers.
         current = hm.session_number
         return {"status": "ok", "history": [[h[0] or current, *h[1:]] for h in hist]}
+
+    def do_comm(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A comm message from the frontend: widget observers and callbacks run here, like a cell."""
+        self.pending_interrupt = False
+        self.interruptible = True
+        try:
+            self.comm_manager.handle(
+                msg["msg_type"], msg["content"], msg.get("metadata") or {}, msg.get("buffers") or []
+            )
+        finally:
+            self.interruptible = False
+            self.fd_capture.drain()
+        return {"status": "ok"}
+
+    def do_comm_info(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "ok", "comms": self.comm_manager.info(msg.get("target_name"))}
 
     def do_info(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -1,0 +1,265 @@
+"""JupyterLab in a real browser: what a person sees when they use the ``jax`` kernel.
+
+JupyterLab runs on 127.0.0.1 with a token, Debian's chromium is driven by Playwright
+(Playwright's own browser download is not reachable from our machines, so it is launched
+with ``executable_path``), and a notebook on kernel "JAX (sandboxed)" is run cell by cell.
+Screenshots go to ``test-artifacts/browser/``. Without chromium or Playwright the tests
+skip and say how to get them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is missing: pip install -e '.[test]'"
+)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip(
+        "no chromium on this machine: `apt-get install -y chromium` (Debian) to run the browser tests",
+        allow_module_level=True,
+    )
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
+TOKEN = "jax-kernel-browser-test"
+UI_TIMEOUT_MS = 60_000
+
+CELLS = {
+    "hello": "print('hello from the worker')",
+    "plot": ("import matplotlib.pyplot as plt\nplt.plot([0, 1, 4, 9])\nplt.title('squares')\nplt.show()"),
+    "slider": (
+        "import ipywidgets as widgets\n"
+        "slider = widgets.IntSlider(value=3, description='n')\n"
+        "label = widgets.Label('not moved yet')\n"
+        "slider.observe(lambda change: setattr(label, 'value', f'worker saw {change[\"new\"]}'), 'value')\n"
+        "widgets.VBox([slider, label])"
+    ),
+    "tqdm": "from tqdm.auto import tqdm\nimport time\nfor i in tqdm(range(50)):\n    time.sleep(0.01)",
+    "error": "1 / 0",
+    "array": "import jax.numpy as jnp\njnp.arange(12.0).reshape(3, 4)",
+    "stuck": (
+        "import jax\n"
+        "spin = jax.jit(lambda x: jax.lax.fori_loop(0, 2**31 - 1, lambda i, v: jnp.sin(v) + 1.0, x))\n"
+        "spin(jnp.zeros(4)).block_until_ready()"
+    ),
+    "after_restart": "'slider' in globals()",
+}
+ORDER = list(CELLS)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A JupyterLab server with one notebook on kernel ``jax``; yields the notebook's URL."""
+    root = tmp_path_factory.mktemp("lab")
+    cells = [
+        {
+            "cell_type": "code",
+            "id": f"cell-{i}",
+            "metadata": {},
+            "source": src,
+            "outputs": [],
+            "execution_count": None,
+        }
+        for i, src in enumerate(CELLS.values())
+    ]
+    notebook = {
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": "jax", "display_name": "JAX (sandboxed)", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (root / "browser.ipynb").write_text(json.dumps(notebook))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(root / "config"),
+        "JUPYTERLAB_SETTINGS_DIR": str(root / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces"),
+    }
+    log = open(root / "lab.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.root_dir={root}",
+            f"--IdentityProvider.token={TOKEN}",
+        ],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    log_text = (root / "lab.log").read_text()[-3000:]
+                    raise RuntimeError(f"JupyterLab did not start:\n{log_text}") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/lab/tree/browser.ipynb?token={TOKEN}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab: str) -> Iterator[Any]:
+    """The notebook open in chromium, its kernel started and idle."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        page.goto(lab)
+        page.wait_for_selector(".jp-Notebook .jp-Cell")
+        wait_idle(page)
+        yield page
+        page.screenshot(path=str(ARTIFACTS / "final.png"), full_page=True)
+        browser.close()
+
+
+def wait_idle(page: Any) -> None:
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+
+
+def cell(page: Any, name: str) -> Any:
+    return page.locator(".jp-Notebook .jp-Cell").nth(ORDER.index(name))
+
+
+def run(page: Any, name: str, wait: bool = True) -> Any:
+    """Run one cell the way a person does: click into it, press Shift+Enter.
+
+    Right after the notebook opens, JupyterLab can show the kernel as idle before it accepts
+    executions and silently drop the first Shift+Enter, so a run that does not start is retried.
+    """
+    target = cell(page, name)
+    prompt = target.locator(".jp-InputPrompt")
+    before = prompt.inner_text().strip()
+    for _attempt in range(5):
+        target.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        if _started(page, prompt, before):
+            break
+    else:
+        raise AssertionError(f"cell {name!r} did not start after 5 tries (prompt {prompt.inner_text()!r})")
+    if wait:
+        playwright_api.expect(prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=UI_TIMEOUT_MS)
+        wait_idle(page)
+    return target
+
+
+def _started(page: Any, prompt: Any, before: str, within: float = 3.0) -> bool:
+    """The cell is queued or running ([*]) or has a new execution count."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        now = prompt.inner_text().strip()
+        if now == "[*]:" or (re.fullmatch(r"\[\d+\]:", now) and now != before):
+            return True
+        page.wait_for_timeout(100)
+    return False
+
+
+def shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def test_text_output_appears(page: Any) -> None:
+    out = run(page, "hello").locator(".jp-OutputArea-output")
+    playwright_api.expect(out).to_contain_text("hello from the worker")
+    shot(page, "hello")
+
+
+def test_matplotlib_plot_is_an_inline_image(page: Any) -> None:
+    image = run(page, "plot").locator(".jp-OutputArea-output img")
+    playwright_api.expect(image).to_be_visible()
+    assert image.get_attribute("src").startswith("data:image/png;base64,")
+    assert image.evaluate("img => img.naturalWidth") > 100
+    shot(page, "plot")
+
+
+def test_slider_moved_in_the_browser_reaches_the_worker(page: Any) -> None:
+    out = run(page, "slider")
+    handle = out.locator(".widget-slider .noUi-handle").first
+    playwright_api.expect(handle).to_be_visible()
+    playwright_api.expect(out.locator("div.widget-label")).to_contain_text("not moved yet")
+    handle.focus()
+    page.keyboard.press("ArrowRight")
+    # The observer runs in the worker and sets the label, which the frontend re-renders.
+    playwright_api.expect(out.locator("div.widget-label")).to_contain_text("worker saw 4")
+    shot(page, "slider")
+
+
+def test_tqdm_progress_bar_renders_and_completes(page: Any) -> None:
+    out = run(page, "tqdm")
+    bar = out.locator(".widget-hprogress .progress-bar")
+    playwright_api.expect(bar).to_be_visible()
+    playwright_api.expect(bar).to_have_attribute("style", re.compile(r"width: 100%"))
+    playwright_api.expect(out.locator(".jp-OutputArea-output")).to_contain_text("50/50")
+    shot(page, "tqdm")
+
+
+def test_error_shows_its_traceback(page: Any) -> None:
+    out = run(page, "error").locator(".jp-OutputArea-output")
+    playwright_api.expect(out).to_contain_text("ZeroDivisionError")
+    playwright_api.expect(out).to_contain_text("division by zero")
+    shot(page, "error")
+
+
+def test_jax_array_has_its_rich_view(page: Any) -> None:
+    out = run(page, "array").locator(".jp-OutputArea-output")
+    view = out.locator(".jax-array")
+    playwright_api.expect(view).to_be_visible()
+    playwright_api.expect(view).to_contain_text("(3, 4)")
+    playwright_api.expect(view).to_contain_text("float32")
+    shot(page, "array")
+
+
+def test_interrupt_button_ends_a_stuck_jitted_loop(page: Any) -> None:
+    target = run(page, "stuck", wait=False)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='busy']")
+    page.wait_for_timeout(1000)
+    page.locator("[data-jp-item-name='interrupt'] button, [data-jp-item-name='interrupt']").first.click()
+    out = target.locator(".jp-OutputArea-output")
+    playwright_api.expect(out).to_contain_text("WorkerDied", timeout=30_000)
+    playwright_api.expect(out).to_contain_text("variables were lost")
+    wait_idle(page)
+    shot(page, "interrupt")
+
+
+def test_restart_button_gives_a_fresh_worker(page: Any) -> None:
+    run(page, "slider")  # the worker killed by the interrupt test lost it: define it again
+    out = run(page, "after_restart").locator(".jp-OutputArea-output")
+    playwright_api.expect(out).to_contain_text("True")
+    page.locator("[data-jp-item-name='restart'] button, [data-jp-item-name='restart']").first.click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    page.wait_for_timeout(500)
+    wait_idle(page)
+    out = run(page, "after_restart").locator(".jp-OutputArea-output")
+    playwright_api.expect(out).to_contain_text("False")
+    shot(page, "restart")

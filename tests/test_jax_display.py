@@ -1,0 +1,68 @@
+"""How JAX values and JAX's own output look in a cell."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from conftest import Kernel, start_kernel, stop_kernel
+
+
+def test_array_result_has_a_rich_view_and_jaxs_own_text(kernel: Kernel) -> None:
+    res = kernel.ok("import jax, jax.numpy as jnp\nx = jnp.arange(12.0).reshape(3, 4)\nx")
+    data = res.of("execute_result")[0]["data"]
+    plain = kernel.ok("repr(x)").of("execute_result")[0]["data"]["text/plain"]
+    assert data["text/plain"] == eval(plain)  # exactly JAX's repr
+    page = html.unescape(data["text/html"])
+    assert "(3, 4)" in page and "float32" in page and "cpu:0" in page
+    assert "48 bytes" in page
+    assert "11." in page  # small arrays are shown whole
+
+
+def test_large_array_view_shows_only_a_corner(kernel: Kernel) -> None:
+    res = kernel.ok(
+        "import jax.numpy as jnp\nbig = jnp.arange(1_000_000, dtype=jnp.int32).reshape(1000, 1000)\nbig"
+    )
+    page = res.of("execute_result")[0]["data"]["text/html"]
+    assert "1,000,000 elements" in page
+    assert "showing (6, 6) of (1000, 1000)" in html.unescape(page)
+    assert "999999" not in page  # the far corner was never shown (nor copied to the host)
+    assert len(page) < 5000
+
+
+def test_sharded_array_view_names_its_devices() -> None:
+    km, kc = start_kernel()
+    kernel = Kernel(km, kc)
+    try:
+        kernel.ok("import os\nos.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'")
+        res = kernel.ok(
+            "import jax, jax.numpy as jnp\n"
+            "from jax.sharding import NamedSharding, PartitionSpec as P\n"
+            "mesh = jax.make_mesh((4,), ('i',))\n"
+            "s = jax.device_put(jnp.arange(16.0), NamedSharding(mesh, P('i')))\n"
+            "s"
+        )
+        page = html.unescape(res.of("execute_result")[0]["data"]["text/html"])
+        assert "NamedSharding P('i',) over 4 devices (0, 1, 2, 3)" in page
+        assert re.search(r"\[0\. 1\. 2\. 3\.\]\n… \(showing \(4,\) of \(16,\)\)", page)
+    finally:
+        stop_kernel(km, kc)
+
+
+def test_jax_debug_output_lands_in_the_cell_that_ran_it(kernel: Kernel) -> None:
+    res = kernel.ok(
+        "import jax, jax.numpy as jnp\n"
+        "@jax.jit\n"
+        "def double(v):\n"
+        "    jax.debug.print('inside double: {v}', v=v)\n"
+        "    return v * 2\n"
+        "y = double(jnp.arange(3.0))"
+    )
+    assert "inside double: [0. 1. 2.]" in res.stdout
+    assert kernel.ok("'next cell'").stdout == ""
+
+
+def test_a_cell_that_never_imports_jax_does_not_import_it(fresh_kernel: Kernel) -> None:
+    fresh_kernel.ok("x = [1, 2, 3]\nx")
+    res = fresh_kernel.ok("import sys\n'jax' in sys.modules")
+    assert res.of("execute_result")[0]["data"]["text/plain"] == "False"
