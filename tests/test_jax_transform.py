@@ -153,6 +153,21 @@ def test_pmap_with_psum_spreads_over_four_host_devices(jk: Kernel, client: JaxCl
     assert res.of("execute_result")[0]["data"]["text/plain"] == "4"
 
 
+def test_sharded_jit_runs_across_four_host_devices(jk: Kernel, client: JaxClient) -> None:
+    jk.ok(
+        "from jax.sharding import NamedSharding, PartitionSpec\n"
+        "mesh = jax.make_mesh((4,), ('d',))\n"
+        "sharded = jax.device_put(jnp.arange(8.0), NamedSharding(mesh, PartitionSpec('d')))"
+    )
+    reply = client.transform("jit", "lambda x: jnp.sin(x) * 2", "sharded", out="sharded_out")
+    assert reply["status"] == "ok", reply
+    np.testing.assert_allclose(
+        values(reply["data"]["application/json"]), np.sin(np.arange(8.0)) * 2, rtol=1e-6
+    )
+    res = jk.ok("len(sharded_out.sharding.device_set), sharded_out.sharding.is_fully_replicated")
+    assert res.of("execute_result")[0]["data"]["text/plain"] == "(4, False)"
+
+
 def test_magic_shows_result_and_stores_it(jk: Kernel) -> None:
     res = jk.ok("%jax jit(vmap(grad)) f xs --out per_row")
     bundle = res.of("display_data")[0]["data"]
