@@ -246,6 +246,12 @@ def test_large_results_are_summarised_not_dumped(client: JaxClient) -> None:
     node = reply["data"]["application/json"]
     assert node["shape"] == [200, 200] and node["values"] is None and node["truncated"]
     assert node["summary"] == {"min": 1.0, "max": 1.0, "mean": 1.0}
+    big = client.transform("jit", "lambda n: jnp.arange(n * 1.0)", "400_000", static_argnums=0)
+    assert big["status"] == "ok", big
+    assert big["data"]["text/plain"] == "<ArrayImpl float32[400000]: 400,000 elements, not shown>"
+    assert "400,000 elements, not shown" in big["data"]["text/html"]
+    summary = big["data"]["application/json"]["summary"]  # computed on the device, in float32
+    assert summary == {"min": 0.0, "max": 399999.0, "mean": pytest.approx(199999.5, rel=1e-6)}
 
 
 @pytest.mark.parametrize(

@@ -402,24 +402,27 @@ def to_json(value: Any, max_values: int = DEFAULT_MAX_VALUES) -> Any:
         if depth > 50:
             return {"repr": "..."}
         if _is_array(x):
+            out: dict[str, Any] = {"shape": list(np.shape(x)), "dtype": str(x.dtype)}
+            size = int(np.size(x))
             try:
-                arr = np.asarray(x)
-            except Exception as e:  # noqa: BLE001 - e.g. a tracer or a deleted buffer
-                return {"repr": f"<unreadable array: {_one_line(e)}>"}
-            out: dict[str, Any] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
-            if arr.size <= budget[0]:
-                budget[0] -= arr.size
-                if arr.dtype.kind == "V" or arr.dtype.name == "bfloat16":
-                    arr = arr.astype(np.float32)
-                out["values"] = _json_number(arr.tolist())
-            else:
+                if size <= budget[0]:
+                    budget[0] -= size
+                    arr = np.asarray(x)
+                    if arr.dtype.kind == "V" or arr.dtype.name == "bfloat16":
+                        arr = arr.astype(np.float32)
+                    out["values"] = _json_number(arr.tolist())
+                else:
+                    # Only three numbers cross to the host: a large result may not fit there.
+                    out["values"] = None
+                    out["truncated"] = True
+                    if np.dtype(x.dtype).kind in "biuf" and size:
+                        out["summary"] = {
+                            k: _json_number(float(getattr(x, k)())) for k in ("min", "max", "mean")
+                        }
+            except Exception as e:  # noqa: BLE001 - e.g. a PRNG key array or a deleted buffer
+                out.pop("summary", None)
                 out["values"] = None
-                out["truncated"] = True
-                if arr.dtype.kind in "biuf" and arr.size:
-                    flt = arr.astype(np.float64)
-                    out["summary"] = {
-                        k: _json_number(float(getattr(flt, k)())) for k in ("min", "max", "mean")
-                    }
+                out["repr"] = f"<unreadable array: {_one_line(e)}>"
             return out
         if isinstance(x, Mapping):
             return {str(k): conv(v, depth + 1) for k, v in x.items()}
@@ -434,12 +437,33 @@ def to_json(value: Any, max_values: int = DEFAULT_MAX_VALUES) -> Any:
     return conv(value)
 
 
+#: Array leaves with more elements than this are described, not copied to the host, in text and HTML.
+LARGE_ARRAY = 100_000
+
+
+def _is_large(x: Any) -> bool:
+    import numpy as np
+
+    return _is_array(x) and int(np.size(x)) > LARGE_ARRAY
+
+
+class _Large:
+    """Stands in for a large array in a result's text: its type, never its values."""
+
+    def __init__(self, x: Any) -> None:
+        self.text = f"<{type(x).__name__} {x.dtype}{list(x.shape)}: {int(x.size):,} elements, not shown>"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def result_bundle(value: Any, max_values: int = DEFAULT_MAX_VALUES) -> dict[str, Any]:
     """text/plain, text/html and application/json for a result pytree."""
     import jax
     import numpy as np
 
-    text = repr(value)
+    # JAX's repr copies a whole array to the host: large leaves are described instead.
+    text = repr(jax.tree_util.tree_map(lambda x: _Large(x) if _is_large(x) else x, value))
     if len(text) > 20_000:
         text = text[:20_000] + "\n... (truncated)"
     rows = []
@@ -447,9 +471,14 @@ def result_bundle(value: Any, max_values: int = DEFAULT_MAX_VALUES) -> dict[str,
     for path, leaf in leaves[:200]:
         where = jax.tree_util.keystr(path) or "(result)"
         if _is_array(leaf):
-            arr = np.asarray(leaf)
-            shape, dtype = str(tuple(arr.shape)), str(arr.dtype)
-            shown = np.array2string(arr, threshold=50, edgeitems=3, precision=6)
+            shape, dtype = str(tuple(np.shape(leaf))), str(leaf.dtype)
+            if _is_large(leaf):
+                shown = f"{int(np.size(leaf)):,} elements, not shown"
+            else:
+                try:
+                    shown = np.array2string(np.asarray(leaf), threshold=50, edgeitems=3, precision=6)
+                except Exception as e:  # noqa: BLE001 - e.g. a PRNG key array
+                    shown = repr(leaf)[:500] if "key" in str(leaf.dtype) else f"<unreadable: {_one_line(e)}>"
         else:
             shape, dtype, shown = "", type(leaf).__name__, repr(leaf)[:500]
         rows.append(
