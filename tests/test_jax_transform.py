@@ -241,6 +241,14 @@ def test_message_route_out_stores_the_value(jk: Kernel, client: JaxClient) -> No
     assert res.of("execute_result")[0]["data"]["text/plain"] == "True"
 
 
+def test_prng_key_results_are_shown(client: JaxClient) -> None:
+    reply = client.transform("jit", "lambda k: jax.random.split(k)", "jax.random.key(0)")
+    assert reply["status"] == "ok", reply
+    node = reply["data"]["application/json"]
+    assert node["shape"] == [2] and "key" in node["dtype"] and node["values"] is None
+    assert "key" in reply["data"]["text/plain"]
+
+
 def test_large_results_are_summarised_not_dumped(client: JaxClient) -> None:
     reply = client.transform("jit", "lambda n: jnp.ones((n, n))", "200", static_argnums=0, max_values=100)
     node = reply["data"]["application/json"]
