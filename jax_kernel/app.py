@@ -20,6 +20,7 @@ from traitlets.config import Application
 
 from .kernel import JaxKernel
 from .manager import WorkerManager
+from .sandbox import Sandbox
 
 
 class JaxKernelApp(IPKernelApp):
@@ -27,7 +28,7 @@ class JaxKernelApp(IPKernelApp):
 
     name = "jax-kernel"  # reads jax_kernel_config.py
     description = "The jax-kernel Jupyter kernel: cells run in a supervised JAX worker process."
-    classes = [JaxKernel, WorkerManager, Session, ProfileDir]  # type: ignore[assignment]
+    classes = [JaxKernel, WorkerManager, Sandbox, Session, ProfileDir]  # type: ignore[assignment]
     kernel_class = Type(  # type: ignore[assignment]
         JaxKernel, klass="ipykernel.kernelbase.Kernel", help="The kernel class to launch."
     ).tag(config=True)

@@ -18,7 +18,7 @@ from importlib import metadata
 
 import zmq
 from ipykernel.ipkernel import IPythonKernel
-from traitlets import Instance, Integer, default
+from traitlets import Float, Instance, Integer, default
 
 from . import __version__, wire
 from .jax_messages import JaxEntryPoints
@@ -62,6 +62,12 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
         5_000_000,
         help="Characters of stdout/stderr one cell may send; the rest is dropped with a notice "
         "(a runaway print must not take the browser or the kernel down).",
+    ).tag(config=True)
+
+    compile_notice_after = Float(
+        2.0,
+        help="Seconds an XLA compile may run before the cell shows a transient 'XLA is compiling f' "
+        "line (removed when the compile or the cell ends); 0 turns the line off.",
     ).tag(config=True)
 
     manager = Instance(WorkerManager)
@@ -120,6 +126,7 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
         info = super().kernel_info
         # ipykernel's debugger and subshells would act on this process, which runs no user code.
         info["supported_features"] = []
+        info["sandbox"] = self.manager.sandbox.info()
         return info
 
     def pre_handler_hook(self) -> None:
@@ -305,6 +312,7 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
                     "user_expressions": user_expressions or {},
                     "allow_stdin": allow_stdin,
                     "output_limit": self.output_limit,
+                    "compile_notice_after": self.compile_notice_after,
                 },
             )
             reply = self._checked_execute_reply(content)
@@ -313,6 +321,11 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
         except WorkerError as e:
             self._execution_count = self.manager.execution_count
             return self._error_reply(e, ran=True)
+        except Exception as e:  # noqa: BLE001 - the frontend must get a reply, whatever went wrong
+            self.log.exception("Internal error while running a cell")
+            return self._error_reply(
+                WorkerError(f"internal error in the kernel ({type(e).__name__}: {e})"), ran=True
+            )
         finally:
             if self._input_cancel is not None:
                 self._input_cancel.set()

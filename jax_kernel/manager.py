@@ -15,11 +15,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from traitlets import Dict, Float, Integer, List, Unicode, default
+from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from . import jaxspec, wire
 from .process import WorkerProcess, default_worker_argv, describe_exit
+from .sandbox import Sandbox
 
 
 class WorkerError(Exception):
@@ -91,6 +92,12 @@ class WorkerManager(LoggingConfigurable):
         help="Largest single message accepted from the worker; larger ones are discarded with a notice.",
     ).tag(config=True)
 
+    sandbox = Instance(Sandbox, help="The isolation policy applied to every worker.")
+
+    @default("sandbox")
+    def _default_sandbox(self) -> Sandbox:
+        return Sandbox(parent=self, log=self.log)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.worker: WorkerProcess | None = None
@@ -108,6 +115,8 @@ class WorkerManager(LoggingConfigurable):
         self._stopping = False
         self.starts = 0
         self.jax_overrides: dict[str, Any] = {}  # settings asked for by load_jax_library since start
+        self.sandbox.check()  # a bad policy stops the kernel at start, not at the first cell
+        self.sandbox.protect_kernel()
 
     # life cycle -------------------------------------------------------------------
     def start(self) -> WorkerProcess:
@@ -122,6 +131,10 @@ class WorkerManager(LoggingConfigurable):
                 env.pop(key, None)
         jax_settings = self._jax_settings()
         env.update(jaxspec.settings_env(jax_settings))
+        # The deployer's worker_env and the JAX settings are applied before the scrub: secrets never
+        # pass, even by config, and the sandbox's accelerator pinning has the last word.
+        env = self.sandbox.worker_environment(env)
+        sandbox = self.sandbox.prepare_worker()
         self.worker = WorkerProcess(
             argv=list(self.worker_argv),
             env=env,
@@ -130,6 +143,7 @@ class WorkerManager(LoggingConfigurable):
                 "output_limit": self.stream_limit,
                 "max_frame": self.max_message_bytes,
                 "jax_settings": jax_settings,
+                "sandbox": sandbox.policy,
             },
             max_frame=self.max_message_bytes,
             stream_limit=self.stream_limit,
@@ -139,6 +153,7 @@ class WorkerManager(LoggingConfigurable):
             on_exit=self._on_exit,
             log=self.log,
         )
+        self.worker.sandbox = sandbox
         self.starts += 1
         self.log.info("Started worker %s", self.worker.pid)
         return self.worker
@@ -222,10 +237,34 @@ class WorkerManager(LoggingConfigurable):
         if kind == "execute" or kind in wire.JAX_REQUESTS:
             worker.stream_budget.reset(self.stream_limit + 1024)  # room for the worker's own notice
         worker.send({"type": kind, "id": req_id, **content})
+        watchdog = None
+        if kind == "execute" and self.sandbox.enabled and self.sandbox.cpu_time_limit > 0:
+            watchdog = asyncio.ensure_future(self._cpu_watchdog(worker, fut, self.sandbox.cpu_time_limit))
         try:
             return await asyncio.wait_for(fut, timeout) if timeout else await fut
         finally:
             self._pending.pop(req_id, None)
+            if watchdog is not None:
+                watchdog.cancel()
+
+    async def _cpu_watchdog(self, worker: WorkerProcess, fut: asyncio.Future[Any], limit: float) -> None:
+        """Kill the worker once the cell has used ``limit`` CPU seconds (all threads together).
+
+        Kernel-side, because RLIMIT_CPU counts the worker's whole life, not one cell, and
+        XLA threads never run a SIGXCPU handler.
+        """
+        start = self.sandbox.cpu_seconds(worker.pid)
+        while start is not None and not fut.done():
+            await asyncio.sleep(0.2)
+            used = self.sandbox.cpu_seconds(worker.pid)
+            if used is None:
+                return
+            if used - start > limit:
+                worker.kill(
+                    f"exceeded the sandbox's CPU time limit ({limit:g} CPU seconds per cell, "
+                    "Sandbox.cpu_time_limit), so it was killed"
+                )
+                return
 
     def _running_cell(self) -> tuple[int, WorkerProcess] | None:
         for req_id, (worker, fut, kind) in self._pending.items():
@@ -280,6 +319,7 @@ class WorkerManager(LoggingConfigurable):
             if msg["protocol"] != wire.PROTOCOL_VERSION:
                 worker.kill(f"it speaks wire protocol {msg['protocol']}, not {wire.PROTOCOL_VERSION}")
             elif not worker.ready.done():
+                self.sandbox.worker_ready(msg.get("sandbox"))
                 worker.ready.set_result(msg)
                 self.log.info("Worker %s ready", worker.pid)
         elif worker is self.worker:
@@ -293,10 +333,16 @@ class WorkerManager(LoggingConfigurable):
             self.problem_handler(text)
 
     def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
-        how = worker.kill_reason or describe_exit(returncode)
+        how = (
+            worker.kill_reason
+            or self.sandbox.explain_exit(worker.sandbox, returncode)
+            or describe_exit(returncode)
+        )
+        self.sandbox.worker_exited(worker.sandbox)
         expected = self._stopping or worker is not self.worker
         (self.log.info if expected else self.log.warning)("Worker %s %s", worker.pid, how)
         death = WorkerDied(how, worker.diagnostics())
+        was_ready = worker.ready.done() and worker.ready.exception() is None
         if not worker.ready.done():
             worker.ready.set_exception(death)
             worker.ready.exception()  # mark retrieved: a failed start is reported by ready_worker
@@ -310,7 +356,8 @@ class WorkerManager(LoggingConfigurable):
         if worker is not self.worker or self._stopping:
             return
         self.worker = None
+        if not was_ready:
+            return  # a failed start: the next request starts another and reports why it fails
         if not in_flight:
             self._death_report = WorkerDied(how, worker.diagnostics(), during_request=False)
-        if worker.ready.done() and worker.ready.exception() is None:
-            self.start()  # replace it at once so the next cell does not wait
+        self.start()  # replace it at once so the next cell does not wait

@@ -35,6 +35,7 @@ SIGNAL_MEANINGS = {
     signal.SIGILL: "illegal instruction",
     signal.SIGTERM: "terminated",
     signal.SIGXCPU: "CPU time limit exceeded",
+    signal.SIGXFSZ: "file size limit exceeded",
 }
 
 
@@ -78,6 +79,7 @@ class WorkerProcess:
         self._on_problem = on_problem
         self._on_exit = on_exit
         self.kill_reason: str | None = None
+        self.sandbox: Any = None  # the WorkerSandbox the manager prepared for this worker
         self.ready = loop.create_future()
         self.stream_budget = OutputBudget(stream_limit)
         self._diag = bytearray()

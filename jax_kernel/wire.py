@@ -46,7 +46,7 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
 OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "display_data": {"transient": dict},
     "update_display_data": {"transient": dict},
-    "ready": {"python": str, "jax_version": str},
+    "ready": {"python": str, "jax_version": str, "sandbox": dict},
 }
 
 #: The JAX entry points' requests.  Each is also a custom Jupyter shell message:

@@ -66,3 +66,36 @@ def test_a_cell_that_never_imports_jax_does_not_import_it(fresh_kernel: Kernel) 
     fresh_kernel.ok("x = [1, 2, 3]\nx")
     res = fresh_kernel.ok("import sys\n'jax' in sys.modules")
     assert res.of("execute_result")[0]["data"]["text/plain"] == "False"
+
+
+SLOW_COMPILE = """
+import jax, jax.numpy as jnp
+def body(x):
+    for i in range(80):  # unrolled: XLA takes a second or more to compile this on 2 cores
+        x = jnp.tanh(x * (1.0 + i / 1000.0)) + jnp.roll(x, i % 7)
+    return x
+jax.jit(body)(jnp.ones(64)).block_until_ready()
+print('computed')
+"""
+
+
+def test_a_long_compile_shows_a_transient_line_that_goes_away() -> None:
+    km, kc = start_kernel(extra_arguments=["--JaxKernel.compile_notice_after=0.2"])
+    try:
+        res = Kernel(km, kc).ok(SLOW_COMPILE, timeout=120)
+    finally:
+        stop_kernel(km, kc)
+    shown = [c for t, c in res.outputs if t in ("display_data", "update_display_data")]
+    assert shown, res.outputs
+    display_id = shown[0]["transient"]["display_id"]
+    assert shown[0]["data"]["text/plain"].startswith("XLA is compiling jit(body) (")
+    assert all(c["transient"]["display_id"] == display_id for c in shown)
+    # The last word on the line empties it, and it comes before the cell's own output ends.
+    assert shown[-1]["data"] == {"text/plain": "", "text/html": ""}
+    assert "computed" in res.stdout
+
+
+def test_a_quick_compile_shows_no_line(kernel: Kernel) -> None:
+    res = kernel.ok("import jax\njax.jit(lambda v: v * 3 + 1)(2.0)")
+    assert not res.of("display_data") and not res.of("update_display_data")
+    assert res.of("execute_result")[0]["data"]["text/plain"].startswith("Array(7.")

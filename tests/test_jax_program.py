@@ -75,8 +75,14 @@ def _values(node: dict) -> np.ndarray:
     return np.asarray(node["values"], dtype=np.float32)
 
 
-def test_export_in_worker_then_run_by_magic(pk: Kernel, tmp_path: Path) -> None:
-    out = tmp_path / "m.jaxexp"
+def _worker_tmp(pk: Kernel) -> Path:
+    """A directory the worker may write to (the sandbox confines its writes); this process reads it."""
+    res = pk.ok("import tempfile\ntempfile.mkdtemp()")
+    return Path(res.of("execute_result")[0]["data"]["text/plain"].strip("'"))
+
+
+def test_export_in_worker_then_run_by_magic(pk: Kernel) -> None:
+    out = _worker_tmp(pk) / "m.jaxexp"
     res = pk.ok(f"%jax_export model X, Y --out {out}")
     assert f"bytes to {out}" in res.stdout
     assert out.stat().st_size > 100
@@ -124,8 +130,8 @@ def test_time_report_in_magic(pk: Kernel) -> None:
     assert "compile" in shown and "over 4 runs" in shown
 
 
-def test_export_for_two_platforms(pk: Kernel, tmp_path: Path) -> None:
-    out = tmp_path / "both.jaxexp"
+def test_export_for_two_platforms(pk: Kernel) -> None:
+    out = _worker_tmp(pk) / "both.jaxexp"
     pk.ok(f"%jax_export model X, Y --out {out} --platforms cpu,cuda")
     exp = jax.export.deserialize(bytearray(out.read_bytes()))
     assert exp.platforms == ("cpu", "cuda")

@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     fd = int(argv[0])
     config = json.loads(argv[1]) if len(argv) > 1 else {}
     die_with_parent(int(config.get("parent_pid", 0)))
+    # The sandbox goes on before anything else is imported and before any thread exists:
+    # Landlock covers only threads created after it (XLA's pools among them).
+    from .sandbox import apply as apply_sandbox
+
+    apply_sandbox(config.get("sandbox"))
     # faulthandler writes to the kernel's diagnostic pipe (the original fd 2), which the
     # kernel keeps so that a segfault's Python stack can be shown on the cell that died.
     import faulthandler

@@ -172,8 +172,17 @@ def _apply_runtime(settings: Mapping[str, Any]) -> None:
     import jax
 
     if settings.get("compilation_cache_dir"):
-        os.makedirs(settings["compilation_cache_dir"], exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", settings["compilation_cache_dir"])
+        cache = settings["compilation_cache_dir"]
+        try:
+            os.makedirs(cache, exist_ok=True)
+            if not os.access(cache, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as e:
+            raise JaxLoadError(
+                f"compilation cache dir {cache!r} is not writable here ({e.strerror}); in a sandboxed "
+                "worker use one under Sandbox.writable_paths or the worker's temp dir"
+            ) from None
+        jax.config.update("jax_compilation_cache_dir", cache)
     if settings.get("matmul_precision"):
         jax.config.update("jax_default_matmul_precision", settings["matmul_precision"])
 

@@ -24,7 +24,7 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import comms, jax_ops, jaxdisplay
+from . import comms, compile_notice, jax_ops, jaxdisplay, sandbox
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -46,9 +46,15 @@ class WorkerServer:
         # Libraries tell a notebook frontend from a terminal by what the stock kernel always has: an
         # IPKernelApp section in the shell's config (plotly, ...) or ipykernel.zmqshell imported
         # (tqdm.auto). The worker has both (the import costs ~3 ms on top of ipykernel.jsonutil).
-        self.shell = WorkerShell.instance(send=self._send_output, config=Config(IPKernelApp=Config()))
+        shell_config = Config(IPKernelApp=Config())
+        history_file = (config.get("sandbox") or {}).get("history_file")
+        if history_file:  # the IPython profile dir is read-only in the sandbox
+            shell_config.HistoryManager.hist_file = history_file
+        self.shell = WorkerShell.instance(send=self._send_output, config=shell_config)
         self.comm_manager = comms.install(conn.send)
         jaxdisplay.register(self.shell)
+        self.compile_notice = compile_notice.install(conn.send)
+        sandbox.register_magic(self.shell)
         self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
         jax_ops.configure(config)
@@ -94,6 +100,7 @@ class WorkerServer:
                 "protocol": wire.PROTOCOL_VERSION,
                 "execution_count": self.shell.execution_count,
                 "python": sys.version.split()[0],
+                "sandbox": sandbox.REPORT,
             }
         )
         while self.running:
@@ -155,6 +162,7 @@ class WorkerServer:
         self.budget.reset(int(msg.get("output_limit", self.budget.limit)))
         self.allow_stdin = bool(msg.get("allow_stdin", False))
         self.pending_interrupt = False
+        self.compile_notice.cell_started(float(msg.get("compile_notice_after", 2.0)))
         self.interruptible = True
         try:
             res = shell.run_cell(
@@ -174,6 +182,7 @@ class WorkerServer:
             err, success, restart = e, False, None
         finally:
             self.interruptible = False
+            self.compile_notice.cell_finished()
         self.fd_capture.drain()
         notice = self.budget.take_notice()
         if notice:

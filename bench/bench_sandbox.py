@@ -1,0 +1,140 @@
+"""What the sandbox costs: set-up per worker start, and jitted throughput with it on vs off.
+
+    python bench/bench_sandbox.py            # full run, prints a Markdown table
+    python bench/bench_sandbox.py --quick    # fewer repetitions
+
+Set-up is measured on both sides of a worker start: the kernel resolving the policy (and
+making the worker's cgroups, where it can) and the worker applying it in a fresh interpreter
+(rlimits, cgroup join, namespaces, capabilities, Landlock, seccomp), before IPython or JAX.
+Throughput runs the same jitted workload in fresh interpreters with the standard profile
+applied and with it off, interleaved round by round so that drift on a shared machine hits
+both alike; the table gives medians.  Targets (issue 4): set-up < 50 ms, ratio >= 0.98.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from jax_kernel.sandbox import Sandbox  # noqa: E402
+
+APPLY = """
+import json, sys, time
+import ctypes, re, struct, typing  # imported by the worker anyway (IPython needs them)
+t0 = time.perf_counter()
+from jax_kernel.worker import sandbox
+report = sandbox.apply(json.loads(sys.argv[1]))
+t1 = time.perf_counter()
+print(json.dumps({"apply_ms": (t1 - t0) * 1e3, "unavailable": report["unavailable"]}))
+"""
+
+WORKLOAD = """
+import json, sys, time
+from jax_kernel.worker import sandbox
+sandbox.apply(json.loads(sys.argv[1]))
+import jax, jax.numpy as jnp
+@jax.jit
+def step(x, w):
+    for _ in range(4):
+        x = jnp.tanh(x @ w) + 0.5 * x
+    return x
+key = jax.random.PRNGKey(0)
+x = jax.random.normal(key, (512, 512)); w = jax.random.normal(key, (512, 512)) / 32
+step(x, w).block_until_ready()
+n, t0, c0 = 0, time.perf_counter(), time.process_time()
+while time.perf_counter() - t0 < float(sys.argv[2]):
+    x = step(x, w); n += 1
+x.block_until_ready()
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"steps_per_s": n / wall, "steps_per_cpu_s": n / cpu}))
+"""
+
+
+def run(code: str, policy: dict, *args: str) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(policy), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    starts = 5 if args.quick else 20
+    rounds = 3 if args.quick else 7
+    seconds = "1.5" if args.quick else "3"
+
+    sandbox = Sandbox(profile="standard")
+    prepare_ms, apply_ms, unavailable = [], [], {}
+    for _ in range(starts):
+        t0 = time.perf_counter()
+        ws = sandbox.prepare_worker()
+        prepare_ms.append((time.perf_counter() - t0) * 1e3)
+        res = run(APPLY, ws.policy)
+        apply_ms.append(res["apply_ms"])
+        unavailable = res["unavailable"]
+        ws.release(wait=True)
+
+    on: list[dict] = []
+    off: list[dict] = []
+    for i in range(rounds):
+        ws = sandbox.prepare_worker()
+        order = [(on, ws.policy), (off, {"profile": "off"})]
+        for results, policy in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
+            results.append(run(WORKLOAD, policy, seconds))
+        ws.release(wait=True)
+
+    def ms(xs: list[float]) -> str:
+        xs = sorted(xs)
+        return f"{statistics.median(xs):.1f} (p90 {xs[int(0.9 * (len(xs) - 1))]:.1f})"
+
+    total = [p + a for p, a in zip(prepare_ms, apply_ms, strict=True)]
+
+    def med(rs: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in rs)
+
+    ratio = med(on, "steps_per_s") / med(off, "steps_per_s")
+    cpu_ratio = med(on, "steps_per_cpu_s") / med(off, "steps_per_cpu_s")
+    print(
+        f"Sandbox cost on {platform.node() or 'this host'}: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Linux {platform.release()}, uid {os.geteuid()}, {'quick' if args.quick else 'full'} run"
+    )
+    print()
+    print("| Measure | Value | Target |")
+    print("|---|---|---|")
+    print(f"| Kernel side: resolve policy + make cgroups (ms, median of {starts}) | {ms(prepare_ms)} | |")
+    print(f"| Worker side: apply before imports (ms, median of {starts}) | {ms(apply_ms)} | |")
+    print(f"| Set-up per worker start, total (ms) | {ms(total)} | < 50 |")
+    print(
+        f"| Jitted steps per wall second, sandbox on / off (median of {rounds}) "
+        f"| {med(on, 'steps_per_s'):.1f} / {med(off, 'steps_per_s'):.1f} | |"
+    )
+    print(
+        f"| Jitted steps per CPU second, sandbox on / off (median of {rounds}) "
+        f"| {med(on, 'steps_per_cpu_s'):.1f} / {med(off, 'steps_per_cpu_s'):.1f} | |"
+    )
+    print(f"| Throughput ratio on/off, wall clock | {ratio:.3f} | >= 0.98 |")
+    print(
+        f"| Throughput ratio on/off, per CPU second (less sensitive to a busy machine) | {cpu_ratio:.3f} | >= 0.98 |"
+    )
+    if unavailable:
+        print()
+        print("Unavailable here: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+
+
+if __name__ == "__main__":
+    main()

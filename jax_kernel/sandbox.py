@@ -1,0 +1,697 @@
+"""Kernel side of the sandbox: the deployer's policy, resolved into what each worker gets.
+
+:class:`Sandbox` is the one place the policy lives (traitlets, so ``jax_kernel_config.py``
+or ``--Sandbox.profile=strict``).  The kernel reads it at start; nothing a cell sends can
+change it, because the worker applies it to itself before any user code runs and then
+can't undo it (no capabilities, ``no_new_privs``, Landlock and seccomp only tighten).
+
+Per worker the kernel prepares: a scrubbed environment (no kernel secrets, tokens,
+connection paths), the JSON policy the worker applies (see
+:mod:`jax_kernel.worker.sandbox`), and, where the host offers them to us, cgroups for
+memory and the number of tasks, which the kernel also uses to explain a death ("killed
+by the memory limit") and to clean up processes the worker left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fnmatch
+import glob
+import itertools
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlets import Bool, Enum, Float, Integer, List, Unicode, Union, default, validate
+from traitlets.config import LoggingConfigurable
+
+from .worker.sandbox import EXIT_STRICT
+
+#: Environment variables the worker never sees (fnmatch patterns, case-insensitive).
+DEFAULT_ENV_DENY = [
+    "JPY_*",
+    "JUPYTERHUB_*",
+    "JUPYTER_TOKEN",
+    "JUPYTER_RUNTIME_DIR",
+    "*TOKEN*",
+    "*SECRET*",
+    "*PASSWORD*",
+    "*PASSWD*",
+    "*CREDENTIAL*",
+    "*_KEY",
+    "*_KEY_ID",
+    "*API_KEY*",
+    "AWS_*",
+    "AZURE_*",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "GPG_AGENT_INFO",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "KRB5CCNAME",
+    "*CONNECTION_FILE*",
+]
+
+#: Paths the worker can't read unless the deployer says otherwise (``~`` is expanded).
+DEFAULT_HIDDEN = [
+    "~/.ssh",
+    "~/.jupyter",
+    "~/.gnupg",
+    "~/.aws",
+    "~/.azure",
+    "~/.config/gcloud",
+    "~/.kube",
+    "~/.docker",
+    "~/.netrc",
+    "~/.git-credentials",
+    "~/.pypirc",
+    "~/.config/gh",
+    # Host control sockets: connecting to one as its owner (root) is root on the host, and
+    # Landlock does not govern connect() on a socket path.
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd",
+    "/run/podman",
+    "/run/crio",
+    "/run/dbus/system_bus_socket",
+    "/run/systemd/private",
+    "/run/user",
+]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def total_memory() -> int:
+    """Physical memory of the host in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_size(value: int | str, what: str) -> int:
+    """``1073741824``, ``"4G"``, ``"512MiB"`` or ``"75%"`` (of RAM) -> bytes; 0 means no limit."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{what} must be >= 0, not {value}")
+        return value
+    text = str(value).strip()
+    if text in ("", "0", "none", "None"):
+        return 0
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"{what}: {value!r} is not a percentage like '75%'") from None
+        if not 0 < pct <= 100:
+            raise ValueError(f"{what}: {value!r} must be between 0% and 100%")
+        return int(total_memory() * pct / 100)
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"{what}: {value!r} is not a size (bytes, '4G', '512MiB' or '75%')")
+    unit = (m.group(2) or "").lower()[:1]
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+# --- cgroups ---------------------------------------------------------------------------
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller -> our cgroup path, from /proc/self/cgroup (``""`` is the v2 hierarchy)."""
+    found = {}
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for c in controllers.split(",") if controllers else [""]:
+                    found[c] = path
+    except OSError:
+        pass
+    return found
+
+
+@dataclass
+class Cgroup:
+    """One cgroup the kernel made for one worker."""
+
+    controller: str
+    path: str
+    version: int
+
+    def read(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.path, name)) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def counter(self, file: str, key: str) -> int:
+        for line in self.read(file).splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == key and parts[1].isdigit():
+                return int(parts[1])
+        return 0
+
+    def oom_kills(self) -> int:
+        if self.version == 1:
+            return self.counter("memory.oom_control", "oom_kill")
+        return self.counter("memory.events", "oom_kill")
+
+    def release(self, tries: int = 50) -> None:
+        """Kill what the worker left in it, then remove it."""
+        for _ in range(tries):
+            pids = [int(p) for p in self.read("cgroup.procs").split() if p.isdigit()]
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+def _make_cgroup(controller: str, name: str, settings: dict[str, int]) -> Cgroup:
+    """Make a child of our own cgroup for ``controller`` (v1, else v2); OSError if we can't."""
+    own = _own_cgroups()
+    candidates = []
+    if controller in own:
+        candidates.append((1, f"/sys/fs/cgroup/{controller}{own[controller]}"))
+    if "" in own:
+        for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+            if os.path.exists(os.path.join(base, "cgroup.controllers")):
+                candidates.append((2, f"{base}{own['']}"))
+                break
+    reasons = []
+    for version, parent in candidates:
+        path = os.path.join(parent, name)
+        _sweep_stale(parent)
+        try:
+            os.mkdir(path, 0o755)
+        except OSError as e:
+            reasons.append(f"v{version} {parent}: {e.strerror}")
+            continue
+        cg = Cgroup(controller, path, version)
+        try:
+            for file, value in settings.items():
+                if version == 2:
+                    file = {"memory.limit_in_bytes": "memory.max"}.get(file, file)
+                with open(os.path.join(path, file), "w") as f:
+                    f.write(str(value))
+            if (
+                version == 2
+                and controller == "memory"
+                and os.path.exists(os.path.join(path, "memory.swap.max"))
+            ):
+                with open(os.path.join(path, "memory.swap.max"), "w") as f:
+                    f.write("0")
+            return cg
+        except OSError as e:
+            reasons.append(f"v{version} {path}: {e.strerror} (controller not delegated here?)")
+            cg.release()
+    raise OSError(", ".join(reasons) or f"no {controller} cgroup hierarchy on this host")
+
+
+@dataclass(eq=False)
+class WorkerSandbox:
+    """What the kernel set up for one worker: its policy and its cgroups."""
+
+    policy: dict[str, Any]
+    cgroups: dict[str, Cgroup] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+
+    def release(self, wait: bool = False) -> None:
+        """Kill leftovers and remove the cgroups (in a thread unless ``wait``: it may wait for exits)."""
+        cgroups = list(self.cgroups.values())
+        self.cgroups = {}
+        if not cgroups:
+            return
+        if wait:
+            for c in cgroups:
+                c.release()
+        else:
+            threading.Thread(target=lambda: [c.release() for c in cgroups], daemon=True).start()
+
+
+def _sweep_stale_state(parent: str) -> None:
+    """Remove state dirs of kernels that died without cleaning up (SIGKILL)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(r"jax-kernel-sandbox-(\d+)-\w+", name)
+        path = os.path.join(parent, name)
+        try:
+            if m and not os.path.exists(f"/proc/{m.group(1)}") and os.stat(path).st_uid == os.geteuid():
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _sweep_stale(parent: str) -> None:
+    """Remove cgroups left by kernels that were killed (SIGKILL leaves no time to clean up)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(r"jax-kernel-(\d+)-\d+", name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            Cgroup("", os.path.join(parent, name), 1).release(tries=3)
+
+
+class Sandbox(LoggingConfigurable):
+    """The isolation policy for the worker that runs cells (see the README's threat model).
+
+    ``standard`` applies every protection the host offers and warns once about the rest;
+    ``strict`` also cuts the network and refuses to start a worker if any protection is
+    unavailable; ``off`` applies nothing (the worker still runs in its own process).
+    """
+
+    profile = Enum(
+        ["strict", "standard", "off"],
+        "standard",
+        help="strict: every protection or no worker, no network; standard: what the host offers, "
+        "network allowed; off: no sandbox.",
+    ).tag(config=True)
+
+    allow_network = Bool(
+        None,
+        allow_none=True,
+        help="Whether cells may use the network. Default: True under standard, False under strict "
+        "(a new network namespace: nothing reachable, not even loopback).",
+    ).tag(config=True)
+
+    writable_paths = List(
+        Unicode(),
+        help="Extra paths the worker may write, beyond the kernel's working directory, its private "
+        "temp dir and JAX's compilation cache dir.",
+    ).tag(config=True)
+
+    hidden_paths = List(
+        Unicode(),
+        help="Paths the worker can't read. The connection file and Jupyter's runtime dir are always "
+        "hidden, in addition to these.",
+    ).tag(config=True)
+
+    @default("hidden_paths")
+    def _default_hidden(self) -> list[str]:
+        return list(DEFAULT_HIDDEN)
+
+    memory_limit = Union(
+        [Integer(), Unicode()],
+        default_value="75%",
+        help="Memory the worker (and its children) may use: bytes, '4G', or a percentage of RAM "
+        "('75%'); 0 for none. A cgroup where the host lets us make one, and RLIMIT_DATA.",
+    ).tag(config=True)
+
+    max_processes = Integer(
+        4096,
+        help="Tasks (processes and threads) the worker may have; 0 for no limit. XLA starts a "
+        "thread pool per core: keep this well above the core count.",
+    ).tag(config=True)
+
+    max_open_files = Integer(4096, help="Open file descriptors per worker process (RLIMIT_NOFILE).").tag(
+        config=True
+    )
+
+    max_file_size = Union(
+        [Integer(), Unicode()],
+        default_value=0,
+        help="Largest file the worker may write (bytes or '10G'; RLIMIT_FSIZE); 0 for no limit.",
+    ).tag(config=True)
+
+    cpu_time_limit = Float(
+        0.0,
+        help="CPU seconds (all threads) one cell may use before the worker is killed; 0 for no limit.",
+    ).tag(config=True)
+
+    accelerators = Unicode(
+        "all",
+        help="Accelerators the worker may use: 'all', 'none' (CPU only), or device indices '0,1' "
+        "(sets CUDA_VISIBLE_DEVICES and opens only those device files).",
+    ).tag(config=True)
+
+    protect_dotfiles = Bool(
+        True,
+        help="Keep every dot-entry at the top of a writable folder read-only (~/.bashrc, ~/.local, "
+        ".git with its hooks): code planted there would run outside the sandbox.",
+    ).tag(config=True)
+
+    env_deny = List(
+        Unicode(),
+        help="Environment variables (fnmatch patterns) removed from the worker's environment.",
+    ).tag(config=True)
+
+    @default("env_deny")
+    def _default_env_deny(self) -> list[str]:
+        return list(DEFAULT_ENV_DENY)
+
+    @validate("memory_limit", "max_file_size")
+    def _valid_size(self, proposal: Any) -> Any:
+        try:
+            parse_size(proposal["value"], f"Sandbox.{proposal['trait'].name}")
+        except ValueError as e:
+            from traitlets import TraitError
+
+            raise TraitError(str(e)) from None
+        return proposal["value"]
+
+    @validate("accelerators")
+    def _valid_accelerators(self, proposal: Any) -> str:
+        value = proposal["value"].strip()
+        if value not in ("all", "none") and not re.fullmatch(r"\d+(\s*,\s*\d+)*", value):
+            from traitlets import TraitError
+
+            raise TraitError(f"Sandbox.accelerators: {value!r} is not 'all', 'none' or indices like '0,1'")
+        return value
+
+    @validate("max_processes", "max_open_files")
+    def _valid_count(self, proposal: Any) -> int:
+        if proposal["value"] < 0:
+            from traitlets import TraitError
+
+            raise TraitError(f"Sandbox.{proposal['trait'].name} must be >= 0")
+        return proposal["value"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._state_dir: str | None = None
+        self._ids = itertools.count(1)
+        self._warned = False
+        self.last_report: dict[str, Any] | None = None
+        self._live: set[WorkerSandbox] = set()
+        atexit.register(self._release_all)
+
+    def _release_all(self) -> None:
+        for ws in list(self._live):
+            ws.release(wait=True)
+
+    def protect_kernel(self) -> None:
+        """Make the kernel process non-dumpable: a same-uid process then can't read its memory,
+        environment or open files through /proc, nor ptrace it, without CAP_SYS_PTRACE (which
+        the worker drops).  Defence in depth where Landlock's scoping is missing."""
+        if not self.enabled or not sys.platform.startswith("linux"):
+            return
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+        except (OSError, AttributeError) as e:
+            self.log.debug("Could not make the kernel non-dumpable: %s", e)
+
+    # policy ------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise TraitError (one line, naming the setting) if the policy can't be resolved."""
+        from traitlets import TraitError
+
+        for name in ("memory_limit", "max_file_size"):
+            try:
+                parse_size(getattr(self, name), f"Sandbox.{name}")
+            except ValueError as e:
+                raise TraitError(str(e)) from None
+
+    @property
+    def enabled(self) -> bool:
+        return self.profile != "off"
+
+    @property
+    def network_allowed(self) -> bool:
+        if self.allow_network is not None:
+            return bool(self.allow_network)
+        return self.profile != "strict"
+
+    def state_dir(self) -> str:
+        """A private directory for this kernel's workers: their temp dir and IPython history."""
+        if self._state_dir is None:
+            self._state_dir = tempfile.mkdtemp(prefix=f"jax-kernel-sandbox-{os.getpid()}-")
+            _sweep_stale_state(os.path.dirname(self._state_dir))
+            os.mkdir(os.path.join(self._state_dir, "tmp"), 0o700)
+            os.mkdir(os.path.join(self._state_dir, "history"), 0o700)
+            # What a hidden file looks like inside the sandbox: empty and mode 000.
+            os.close(os.open(os.path.join(self._state_dir, "mask"), os.O_CREAT | os.O_WRONLY, 0))
+            atexit.register(shutil.rmtree, self._state_dir, True)
+        return self._state_dir
+
+    def _hidden(self) -> list[str]:
+        hidden = [os.path.expanduser(p) for p in self.hidden_paths]
+        try:
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            hidden.append(jupyter_runtime_dir())
+        except Exception:  # noqa: BLE001 - a missing runtime dir is nothing to hide
+            pass
+        try:
+            from ipykernel.kernelapp import IPKernelApp
+
+            if IPKernelApp.initialized():
+                conn = getattr(IPKernelApp.instance(), "abs_connection_file", "")
+                if conn:
+                    hidden.append(conn)
+        except Exception:  # noqa: BLE001
+            pass
+        # Never hide what the worker needs to run at all.
+        state = self.state_dir()
+        return [p for p in hidden if not os.path.realpath(state).startswith(os.path.realpath(p) + "/")]
+
+    def _protected(self, writable: list[str], state: str) -> list[str]:
+        """Paths inside a writable folder that must stay read-only, or the worker could plant code
+        that runs outside the sandbox later: the interpreter and its site-packages (a ``.pth``
+        file), this package (an editable install in the notebook folder), Jupyter's and IPython's
+        config and data (``jax_kernel_config.py``, ``kernel.json``), and with
+        ``protect_dotfiles`` every dot-entry at the top of a writable folder (``~/.bashrc``,
+        ``.git`` hooks, ``~/.local``)."""
+        import site
+        import sysconfig
+
+        from jupyter_core.paths import jupyter_config_path, jupyter_data_dir, jupyter_path
+
+        candidates = {
+            sys.prefix,
+            sys.exec_prefix,
+            sys.base_prefix,
+            os.path.dirname(os.path.dirname(__file__)),
+        }
+        candidates.update(sysconfig.get_paths().values())
+        candidates.update(getattr(site, "getsitepackages", list)())
+        candidates.add(site.getusersitepackages())
+        candidates.update(jupyter_config_path() + jupyter_path() + [jupyter_data_dir()])
+        candidates.add(os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython"))
+        state_real = os.path.realpath(state)
+        roots = [os.path.realpath(w) for w in writable if not os.path.realpath(w).startswith(state_real)]
+        if self.protect_dotfiles:
+            for root in roots:
+                try:
+                    candidates.update(os.path.join(root, n) for n in os.listdir(root) if n.startswith("."))
+                except OSError:
+                    pass
+        found = set()
+        for path in candidates:
+            real = os.path.realpath(path)
+            # Only what lies inside a writable folder needs it (the rest is read-only anyway).
+            if os.path.exists(real) and any(real == r or real.startswith(r + "/") for r in roots):
+                found.add(real)
+        return sorted(found)
+
+    def refuse_device(self, platform: str, index: int | None = None) -> str | None:
+        """Why a request for an accelerator (``jax_load_request``, a magic) is refused, or None.
+
+        The policy is the ceiling: no request can reach a device it does not list.
+        """
+        if platform == "cpu" or not self.enabled or self.accelerators == "all":
+            return None
+        if self.accelerators == "none":
+            return f"the sandbox allows no accelerators (Sandbox.accelerators = 'none'), so not {platform}"
+        allowed = [int(i) for i in self.accelerators.split(",")]
+        if index is not None and index not in allowed:
+            return (
+                f"{platform} device {index} is not among the allowed devices {allowed} (Sandbox.accelerators)"
+            )
+        return None
+
+    def _matplotlib_cache(self) -> str | None:
+        """Matplotlib's cache dir, made if missing: read-only, it warns on every import and
+        rebuilds its font cache each time (seconds).  It holds JSON data, never code."""
+        path = os.environ.get("MPLCONFIGDIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "matplotlib"
+        )
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            return None
+        return path
+
+    def _devices(self) -> list[str]:
+        if self.accelerators == "none":
+            return []
+        control = glob.glob("/dev/nvidiactl") + glob.glob("/dev/nvidia-uvm*") + glob.glob("/dev/nvidia-caps")
+        control += glob.glob("/dev/nvidia-modeset") + glob.glob("/dev/dri") + glob.glob("/dev/shm")
+        if self.accelerators == "all":
+            return (
+                control + glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/accel*") + glob.glob("/dev/vfio")
+            )
+        return control + [f"/dev/nvidia{i.strip()}" for i in self.accelerators.split(",")]
+
+    def worker_environment(self, env: dict[str, str]) -> dict[str, str]:
+        """The kernel's environment minus secrets, plus the worker's private temp dir."""
+        if not self.enabled:
+            return env
+        deny = [p.upper() for p in self.env_deny]
+        clean = {k: v for k, v in env.items() if not any(fnmatch.fnmatchcase(k.upper(), p) for p in deny)}
+        tmp = os.path.join(self.state_dir(), "tmp")
+        clean.update(TMPDIR=tmp, TEMP=tmp, TMP=tmp)
+        if self.accelerators == "none":
+            clean["CUDA_VISIBLE_DEVICES"] = ""
+            clean.setdefault("JAX_PLATFORMS", "cpu")
+        elif self.accelerators != "all":
+            clean["CUDA_VISIBLE_DEVICES"] = ",".join(i.strip() for i in self.accelerators.split(","))
+        return clean
+
+    def prepare_worker(self, cwd: str | None = None) -> WorkerSandbox:
+        """Resolve the policy for one new worker (and make its cgroups, where we can)."""
+        if not self.enabled:
+            return WorkerSandbox({"profile": "off"})
+        memory = parse_size(self.memory_limit, "Sandbox.memory_limit")
+        fsize = parse_size(self.max_file_size, "Sandbox.max_file_size")
+        state = self.state_dir()
+        # The state dir itself is not writable: the mask file lives there, and a worker that could
+        # swap it for a symlink would have the next worker bind a secret over a hidden path.
+        writable = [
+            os.path.realpath(cwd or os.getcwd()),
+            os.path.join(state, "tmp"),
+            os.path.join(state, "history"),
+        ]
+        cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        if cache:
+            os.makedirs(cache, exist_ok=True)
+            writable.append(cache)
+        mpl = self._matplotlib_cache()
+        if mpl:
+            writable.append(mpl)
+        writable += [os.path.expanduser(p) for p in self.writable_paths]
+        kernel_side = {"environment": "scrubbed (kernel secrets, tokens, connection paths removed)"}
+        if self.cpu_time_limit:
+            kernel_side["cpu_time_limit"] = f"{self.cpu_time_limit:g} CPU s per cell (kernel-side watchdog)"
+        policy: dict[str, Any] = {
+            "profile": self.profile,
+            "allow_network": self.network_allowed,
+            "fs": {
+                "writable": writable,
+                "hidden": self._hidden(),
+                "devices": self._devices(),
+                "mask_file": os.path.join(state, "mask"),
+                "readonly": self._protected(writable, state),
+            },
+            "limits": {
+                "memory_limit": memory,
+                "max_processes": self.max_processes,
+                "max_open_files": self.max_open_files,
+                "max_file_size": fsize,
+            },
+            "history_file": os.path.join(state, "history", "history.sqlite"),
+            # strict: no new unix sockets at all (socketpair still works), so no path socket on
+            # the host, hidden or not, can be reached.
+            "deny_unix_sockets": self.profile == "strict",
+            "kernel_side": kernel_side,
+        }
+        ws = WorkerSandbox(policy)
+        name = f"jax-kernel-{os.getpid()}-{next(self._ids)}"
+        wanted = {}
+        if memory:
+            wanted["memory"] = {"memory.limit_in_bytes": memory}
+        if self.max_processes:
+            wanted["pids"] = {"pids.max": self.max_processes}
+        cgroups: dict[str, str] = {}
+        for controller, settings in wanted.items():
+            if os.geteuid() != 0 and not os.access("/sys/fs/cgroup", os.W_OK):
+                break
+            try:
+                cg = _make_cgroup(controller, name, settings)
+            except OSError as e:
+                self.log.debug("No %s cgroup for the worker: %s", controller, e)
+                continue
+            ws.cgroups[controller] = cg
+            cgroups[controller] = os.path.join(cg.path, "cgroup.procs")
+        policy["cgroups"] = cgroups
+        if ws.cgroups:
+            self._live.add(ws)
+        return ws
+
+    def worker_exited(self, ws: WorkerSandbox | None) -> None:
+        """The worker is gone: kill what it left behind and remove its cgroups."""
+        if ws is not None:
+            self._live.discard(ws)
+            ws.release()
+
+    def cpu_seconds(self, pid: int) -> float | None:
+        """CPU time (user + system, all threads) the process has used, None if it is gone."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def explain_exit(self, ws: WorkerSandbox | None, returncode: int | None) -> str | None:
+        """Name the limit that ended a worker, if one did."""
+        if ws is None or not self.enabled:
+            return None
+        limits = ws.policy.get("limits", {})
+        if returncode == EXIT_STRICT and self.profile == "strict":
+            return "could not apply the strict sandbox profile on this host"
+        if returncode == -signal.SIGKILL:
+            cg = ws.cgroups.get("memory")
+            if cg is not None and cg.oom_kills():
+                return (
+                    f"was killed by the sandbox's memory limit ({limits.get('memory_limit', 0):,} bytes, "
+                    "Sandbox.memory_limit)"
+                )
+        if returncode == -signal.SIGXFSZ:
+            return f"exceeded the sandbox's file size limit ({limits.get('max_file_size')} bytes, Sandbox.max_file_size)"
+        if returncode == -signal.SIGXCPU:
+            return "exceeded the sandbox's CPU time limit (Sandbox.cpu_time_limit)"
+        return None
+
+    def worker_ready(self, report: Any) -> None:
+        """Keep the worker's report of what it applied; warn (once) about what it could not."""
+        if not isinstance(report, dict):
+            return
+        self.last_report = report
+        missing = report.get("unavailable")
+        if missing and isinstance(missing, dict) and not self._warned:
+            self._warned = True
+            self.log.warning(
+                "Sandbox (%s profile): unavailable on this host: %s",
+                self.profile,
+                "; ".join(f"{k}: {v}" for k, v in missing.items()),
+            )
+
+    def info(self) -> dict[str, Any]:
+        """The policy and what the last worker reported, for kernel_info_reply."""
+        info: dict[str, Any] = {
+            "profile": self.profile,
+            "allow_network": self.network_allowed,
+            "memory_limit": parse_size(self.memory_limit, "memory_limit") if self.enabled else 0,
+            "max_processes": self.max_processes,
+            "max_open_files": self.max_open_files,
+            "max_file_size": parse_size(self.max_file_size, "max_file_size"),
+            "cpu_time_limit": self.cpu_time_limit,
+            "accelerators": self.accelerators,
+        }
+        if self.last_report is not None:
+            info["active"] = self.last_report.get("active", {})
+            info["unavailable"] = self.last_report.get("unavailable", {})
+            for key in ("network", "masking"):
+                if isinstance(self.last_report.get(key), str):
+                    info[key] = self.last_report[key]
+        return info
