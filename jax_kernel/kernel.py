@@ -21,6 +21,7 @@ from ipykernel.ipkernel import IPythonKernel
 from traitlets import Float, Instance, Integer, default
 
 from . import __version__, wire
+from .jax_messages import JaxEntryPoints
 from .manager import WorkerDied, WorkerError, WorkerManager
 
 #: Fields of each worker output message that become the IOPub message's content.
@@ -51,7 +52,7 @@ def _require(content: dict[str, t.Any], field: str, kind: type | tuple[type, ...
     return value
 
 
-class JaxKernel(IPythonKernel):
+class JaxKernel(JaxEntryPoints, IPythonKernel):
     """A Jupyter kernel that never runs user code itself: a worker process runs every cell."""
 
     implementation = "jax-kernel"
@@ -91,6 +92,7 @@ class JaxKernel(IPythonKernel):
         for msg_type in wire.COMM_MSG_TYPES:
             self.shell_handlers[msg_type] = self._forward_comm
         atexit.register(self.manager.kill_now)
+        self.register_jax_handlers()  # jax_load_request -> jax_load_reply, ...
 
     def start(self) -> None:
         super().start()
@@ -314,6 +316,8 @@ class JaxKernel(IPythonKernel):
                 },
             )
             reply = self._checked_execute_reply(content)
+            if reply["status"] == "ok" and isinstance(content.get("jax_restart"), dict):
+                reply = await self._replace_for_jax(content["jax_restart"], reply)
         except WorkerError as e:
             self._execution_count = self.manager.execution_count
             return self._error_reply(e, ran=True)

@@ -18,7 +18,7 @@ from typing import Any
 from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from . import wire
+from . import jaxspec, wire
 from .process import WorkerProcess, default_worker_argv, describe_exit
 from .sandbox import Sandbox
 
@@ -27,8 +27,9 @@ class WorkerError(Exception):
     """The worker could not serve a request."""
 
 
-#: Requests that run user code (cells, widget callbacks): an interrupt and its grace period apply.
-INTERRUPTIBLE = frozenset({"execute", "comm"})
+#: Requests that run user code (cells, widget callbacks, the JAX entry points): an interrupt and
+#: its grace period apply.
+INTERRUPTIBLE = frozenset({"execute", "comm"} | wire.JAX_REQUESTS)
 
 
 class WorkerDied(WorkerError):
@@ -62,6 +63,12 @@ class WorkerManager(LoggingConfigurable):
         Unicode(),
         help="Environment variables set (or, with an empty value, removed) for the worker, "
         "on top of the kernel's own environment.",
+    ).tag(config=True)
+
+    jax_settings = Dict(
+        help="load_jax_library settings every worker starts with (platform, devices, x64, host_device_count, "
+        "memory_fraction, preallocate, compilation_cache_dir, matmul_precision): cells that import jax "
+        "without calling it get these.",
     ).tag(config=True)
 
     start_timeout = Float(60.0, help="Seconds a new worker may take to become ready.").tag(config=True)
@@ -107,6 +114,7 @@ class WorkerManager(LoggingConfigurable):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.starts = 0
+        self.jax_overrides: dict[str, Any] = {}  # settings asked for by load_jax_library since start
         self.sandbox.check()  # a bad policy stops the kernel at start, not at the first cell
         self.sandbox.protect_kernel()
 
@@ -121,7 +129,10 @@ class WorkerManager(LoggingConfigurable):
                 env[key] = value
             else:
                 env.pop(key, None)
-        # The deployer's worker_env is applied before the scrub: secrets never pass, even by config.
+        jax_settings = self._jax_settings()
+        env.update(jaxspec.settings_env(jax_settings))
+        # The deployer's worker_env and the JAX settings are applied before the scrub: secrets never
+        # pass, even by config, and the sandbox's accelerator pinning has the last word.
         env = self.sandbox.worker_environment(env)
         sandbox = self.sandbox.prepare_worker()
         self.worker = WorkerProcess(
@@ -131,6 +142,7 @@ class WorkerManager(LoggingConfigurable):
                 "execution_count": self.execution_count,
                 "output_limit": self.stream_limit,
                 "max_frame": self.max_message_bytes,
+                "jax_settings": jax_settings,
                 "sandbox": sandbox.policy,
             },
             max_frame=self.max_message_bytes,
@@ -145,6 +157,33 @@ class WorkerManager(LoggingConfigurable):
         self.starts += 1
         self.log.info("Started worker %s", self.worker.pid)
         return self.worker
+
+    def _jax_settings(self) -> dict[str, Any]:
+        try:
+            defaults = jaxspec.check_load_settings(self.jax_settings, from_strings=True)
+        except jaxspec.JaxSpecError as e:
+            self.log.error("Ignoring WorkerManager.jax_settings: %s", e)
+            defaults = {}
+        return {**defaults, **self.jax_overrides}
+
+    async def replace(self, jax_settings: dict[str, Any]) -> WorkerProcess:
+        """Stop the current worker and start one whose JAX starts with these settings.
+
+        JAX reads platform, visible devices, x64, host device count and allocator settings
+        only when its backend starts, so a running worker cannot take new ones.  They stay in
+        force for later replacements (a crash restart keeps them) until the kernel restarts.
+        """
+        self.jax_overrides = dict(jax_settings)
+        old, self.worker = self.worker, None  # no death report and no automatic restart for it
+        if old is not None:
+            if old.ready.done() and not old.ready.exception() and old.alive():
+                old.send({"type": "shutdown", "id": next(self._ids)})
+                if await asyncio.to_thread(old.wait, self.shutdown_timeout) is None:
+                    old.kill("it was replaced to apply new JAX settings")
+            else:
+                old.kill("it was replaced to apply new JAX settings")
+        self.start()
+        return await self.ready_worker()
 
     async def ready_worker(self) -> WorkerProcess:
         """The current worker once ready, starting one if there is none."""
@@ -195,7 +234,7 @@ class WorkerManager(LoggingConfigurable):
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = (worker, fut, kind)
-        if kind == "execute":
+        if kind == "execute" or kind in wire.JAX_REQUESTS:
             worker.stream_budget.reset(self.stream_limit + 1024)  # room for the worker's own notice
         worker.send({"type": kind, "id": req_id, **content})
         watchdog = None

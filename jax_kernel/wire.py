@@ -49,6 +49,10 @@ OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ready": {"python": str, "jax_version": str, "sandbox": dict},
 }
 
+#: The JAX entry points' requests.  Each is also a custom Jupyter shell message:
+#: ``<kind>_request`` from a frontend becomes the wire request ``<kind>``, answered by ``<kind>_reply``.
+JAX_REQUESTS = frozenset({"jax_load", "jax_transform", "jax_program"})
+
 #: Requests the kernel sends to the worker (the worker trusts the kernel).
 KERNEL_REQUESTS = frozenset(
     {
@@ -63,6 +67,7 @@ KERNEL_REQUESTS = frozenset(
         "comm",
         "comm_info",
     }
+    | JAX_REQUESTS
 )
 
 STREAM_NAMES = frozenset({"stdout", "stderr"})

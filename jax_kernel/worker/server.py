@@ -24,7 +24,7 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import comms, compile_notice, jaxdisplay, sandbox
+from . import comms, compile_notice, jax_ops, jaxdisplay, sandbox
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -57,6 +57,7 @@ class WorkerServer:
         sandbox.register_magic(self.shell)
         self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
+        jax_ops.configure(config)
         builtins.input = self.raw_input
         getpass.getpass = self.getpass
 
@@ -76,6 +77,9 @@ class WorkerServer:
             "comm": self.do_comm,
             "comm_info": self.do_comm_info,
             "shutdown": self.do_shutdown,
+            "jax_load": self.do_jax,
+            "jax_transform": self.do_jax,
+            "jax_program": self.do_jax,
         }
 
     # plumbing ---------------------------------------------------------------
@@ -166,13 +170,16 @@ class WorkerServer:
             )
             err = res.error_before_exec or res.error_in_exec
             success = res.success
+            restart = err if isinstance(err, jax_ops.JaxRestartRequired) else None
+            if restart is not None:  # not a failure: the kernel replaces the worker and goes on
+                success = True
             try:
                 jaxdisplay.settle_effects()
             except Exception as e:  # noqa: BLE001 - the cell ran; say what went wrong after it
                 print(f"jax-kernel: waiting for JAX's pending callbacks failed: {e}", file=sys.stderr)
         except KeyboardInterrupt as e:  # outside user code proper, e.g. in a post-execute hook
             shell.showtraceback()
-            err, success = e, False
+            err, success, restart = e, False, None
         finally:
             self.interruptible = False
             self.compile_notice.cell_finished()
@@ -198,7 +205,24 @@ class WorkerServer:
         shell.payload_manager.clear_payload()
         reply["next_execution_count"] = shell.execution_count
         reply["jax_version"] = getattr(sys.modules.get("jax"), "__version__", None)
+        if restart is not None:
+            reply["jax_restart"] = {"settings": restart.settings, "reason": restart.reason}
         return reply
+
+    def do_jax(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A jax_load / jax_transform / jax_program request: user code, so interruptible."""
+        self.budget.reset(self.budget.limit)
+        self.pending_interrupt = False
+        self.interruptible = True
+        try:
+            return jax_ops.handle_request(msg, self.shell.user_ns)
+        finally:
+            self.interruptible = False
+            try:
+                jaxdisplay.settle_effects()  # jax.debug output belongs to this request
+            except Exception:  # noqa: BLE001 - the reply matters more than late debug output
+                pass
+            self.fd_capture.drain()
 
     def do_complete(self, msg: dict[str, Any]) -> dict[str, Any]:
         code = msg["code"]

@@ -83,6 +83,18 @@ class WorkerDisplayPublisher(DisplayPublisher):
         self.send({"type": "clear_output", "wait": bool(wait)})
 
 
+def _jax_exc_handler(
+    shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None
+) -> list[str]:
+    from .jax_ops import JaxRestartRequired
+
+    if isinstance(value, JaxRestartRequired):
+        return []
+    stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
+    shell._showtraceback(etype, value, stb)
+    return stb
+
+
 class WorkerShell(InteractiveShell):
     """InteractiveShell whose outputs, errors and pager go over the kernel <-> worker wire."""
 
@@ -98,6 +110,32 @@ class WorkerShell(InteractiveShell):
         self.displayhook.send = self.send
         self.display_pub.send = self.send
         self.last_error: dict[str, Any] | None = None
+        self._init_jax_entry_points()
+
+    def init_user_ns(self) -> None:
+        """Every namespace, including one after %reset, has the JAX entry points' functions (hidden from %who)."""
+        super().init_user_ns()
+        from . import jax_ops
+
+        self.push(
+            {
+                "load_jax_library": jax_ops.load_jax_library,
+                "execute_jax_transformation": jax_ops.execute_jax_transformation,
+                "execute_jax_program": jax_ops.execute_jax_program,
+                "export_jax_program": jax_ops.export_jax_program,
+            },
+            interactive=False,
+        )
+
+    def _init_jax_entry_points(self) -> None:
+        """The JAX magics, and one-line errors for the entry points."""
+        from . import jax_ops
+        from .magics import JaxMagics
+
+        self.register_magics(JaxMagics)
+        # Our errors are one clear line, not a traceback into jax_kernel; a restart request
+        # shows nothing here: the kernel reports it.
+        self.set_custom_exc((jax_ops.JaxEntryError, jax_ops.JaxRestartRequired), _jax_exc_handler)
 
     def init_environment(self) -> None:
         """Colour and paging settings for subprocesses, as ipykernel sets them."""

@@ -1,0 +1,254 @@
+"""The kernel side of the JAX entry points' custom shell messages.
+
+``jax_load_request``, ``jax_transform_request`` and ``jax_program_request`` arrive on the
+shell channel like ``execute_request``; :class:`JaxEntryPoints` (a mixin of ``JaxKernel``)
+checks their fields here, in the kernel, so bad input gets a one-line error without a round
+trip, forwards them to the worker as the wire requests of the same kind, and rebuilds the
+reply field by field from what the (untrusted) worker sent, within a size limit.
+
+It also carries out what only the kernel can do: replace the worker when JAX must start
+with settings the running one cannot take.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import typing as t
+
+from traitlets import Integer
+from traitlets.config import Configurable
+
+from . import jaxspec, wire
+from .manager import WorkerDied, WorkerError
+
+_RED, _RESET = "\x1b[0;31m", "\x1b[0m"
+
+
+class MalformedJaxReply(WorkerError):
+    """The worker answered a jax_* request with something that is not a valid reply."""
+
+
+def _require(content: dict[str, t.Any], field: str, kind: type | tuple[type, ...]) -> t.Any:
+    value = content.get(field)
+    if not isinstance(value, kind):
+        raise MalformedJaxReply(f"reply field {field!r} is missing or has the wrong type")
+    return value
+
+
+class JaxEntryPoints(Configurable):
+    """Handlers for the jax_*_request shell messages; mixed into JaxKernel.
+
+    A Configurable so that its traitlets are real traits of JaxKernel (``c.JaxKernel.max_program_bytes``);
+    it uses the kernel's ``manager``, ``session``, ``_publish`` and output parent.
+    """
+
+    jax_reply_limit = Integer(
+        16 * 1024 * 1024,
+        help="Largest jax_*_reply (bytes of JSON) relayed from the worker; a larger one becomes an error.",
+    ).tag(config=True)
+
+    max_program_bytes = Integer(
+        256 * 1024 * 1024,
+        help="Largest serialized JAX program a jax_program_request may send or name; larger ones are refused.",
+    ).tag(config=True)
+
+    if t.TYPE_CHECKING:
+        log: t.Any
+        manager: t.Any
+        session: t.Any
+        shell_handlers: dict[str, t.Any]
+        _output_parent: dict[str, t.Any]
+        _output_ident: t.Any
+
+        def _publish(self, msg_type: str, content: dict[str, t.Any]) -> None: ...
+
+    def register_jax_handlers(self) -> None:
+        """Add the custom messages to ipykernel's shell dispatch table (busy/idle come with it)."""
+        for kind in wire.JAX_REQUESTS:
+            self.shell_handlers[f"{kind}_request"] = self.jax_request
+
+    async def jax_request(self, stream: t.Any, ident: t.Any, parent: dict[str, t.Any]) -> None:
+        """Validate a jax_*_request, have the worker serve it, and send back the checked reply.
+
+        Registered in ``shell_handlers``, so ipykernel's dispatch publishes busy/idle around it
+        as for any shell request; outputs the worker prints go out under this request.
+        """
+        kind = parent["header"]["msg_type"].removesuffix("_request")
+        self._output_parent = parent
+        self._output_ident = ident
+        try:
+            fields = _jax_request_fields(kind, parent.get("content"))
+            if kind == "jax_program":
+                fields["max_bytes"] = self.max_program_bytes
+                b64 = fields.get("program_base64")
+                if b64 is not None and len(b64) * 3 // 4 > self.max_program_bytes:
+                    raise jaxspec.JaxSpecError(
+                        f"program is about {len(b64) * 3 // 4:,} bytes, over the "
+                        f"{self.max_program_bytes:,}-byte limit (JaxKernel.max_program_bytes)"
+                    )
+        except jaxspec.JaxSpecError as e:
+            reply = _jax_error("JaxRequestError", str(e))
+        else:
+            try:
+                reply = await self._serve_jax(kind, fields)
+            except Exception as e:  # noqa: BLE001 - a request must always get a reply, or the client hangs
+                self.log.exception("Failed to serve %s_request", kind)
+                reply = _jax_error("KernelError", f"the kernel failed to serve {kind}_request: {e!r}")
+        self.session.send(stream, f"{kind}_reply", reply, parent, ident)
+
+    async def _serve_jax(self, kind: str, fields: dict[str, t.Any]) -> dict[str, t.Any]:
+        try:
+            content = await self.manager.request(kind, fields)
+            if kind == "jax_load" and content.get("status") == "restart":
+                settings = jaxspec.check_load_settings(content.get("settings") or {})
+                warning = self._warn_replacing(content)
+                reply = await self._load_in_new_worker(settings)
+                reply.update(worker_replaced=True, warning=warning)
+                return reply
+            return self._checked_jax_reply(kind, content)
+        except WorkerDied as e:
+            return _jax_error(
+                "WorkerDied",
+                f"The worker process {e.how} while serving {kind}_request. "
+                "A fresh worker was started; all variables were lost.",
+            )
+        except (WorkerError, jaxspec.JaxSpecError) as e:
+            return _jax_error(type(e).__name__, f"The worker could not serve {kind}_request: {e}")
+
+    def _warn_replacing(self, content: dict[str, t.Any], in_cell: bool = False) -> str:
+        reason = content.get("reason") if isinstance(content.get("reason"), str) else "new JAX settings"
+        rest = " Code after it in this cell did not run." if in_cell else ""
+        warning = (
+            f"{reason[:1000]}. Replacing the worker to apply them: all variables are lost.{rest} "
+            "(Put %load_jax / load_jax_library first in a notebook to avoid this.)"
+        )
+        self._publish("stream", {"name": "stderr", "text": f"[jax-kernel] {warning}\n"})
+        return warning
+
+    async def _replace_for_jax(self, restart: dict[str, t.Any], reply: dict[str, t.Any]) -> dict[str, t.Any]:
+        """A cell's load_jax_library needs a new worker: warn, replace it, load JAX there, show the result."""
+        try:
+            settings = jaxspec.check_load_settings(restart.get("settings") or {})
+        except jaxspec.JaxSpecError as e:
+            raise MalformedJaxReply(f"bad jax_restart settings from the worker: {e}") from None
+        self._warn_replacing(restart, in_cell=True)
+        content = await self._load_in_new_worker(settings)
+        if content["status"] == "ok":
+            self._publish("display_data", {"data": content["data"], "metadata": {}, "transient": {}})
+            return reply
+        error = {k: content[k] for k in ("ename", "evalue", "traceback")}
+        self._publish("error", error)
+        return {**reply, "status": "error", **error}
+
+    async def _load_in_new_worker(self, settings: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Replace the worker with one started with ``settings`` and load JAX there.
+
+        If JAX cannot start that way (a platform that is not there), later workers go back to
+        the settings that worked, so a crash restart does not fail the same way.
+        """
+        previous = dict(self.manager.jax_overrides)
+        try:
+            await self.manager.replace(settings)
+            reply = self._checked_jax_reply(
+                "jax_load", await self.manager.request("jax_load", {"settings": settings})
+            )
+        except BaseException:
+            self.manager.jax_overrides = previous  # e.g. the new worker did not start
+            raise
+        if reply["status"] != "ok":
+            self.manager.jax_overrides = previous
+        return reply
+
+    def _checked_jax_reply(self, kind: str, content: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Keep only the fields a jax_*_reply may have, of the right types, within the size limit."""
+        status = content.get("status")
+        if status == "error":
+            return _jax_error(
+                _require(content, "ename", str)[:200],
+                _require(content, "evalue", str)[:4000],
+                [s for s in _require(content, "traceback", list) if isinstance(s, str)][-50:],
+            )
+        if status != "ok":
+            raise MalformedJaxReply(f"{kind} reply has no valid status")
+        data = _require(content, "data", dict)
+        if not all(isinstance(v, str) for k, v in data.items() if k.startswith("text/")):
+            raise MalformedJaxReply("text/* entries of the result bundle must be strings")
+        reply: dict[str, t.Any] = {"status": "ok", "data": data, "metadata": {}}
+        if kind == "jax_load":
+            reply["info"] = _require(content, "info", dict)
+        else:
+            reply["reports"] = _require(content, "reports", dict)
+        size = len(json.dumps(reply))
+        if size > self.jax_reply_limit:
+            return _jax_error(
+                "ReplyTooLarge",
+                f"the {kind}_reply would be {size:,} bytes, over JaxKernel.jax_reply_limit "
+                f"({self.jax_reply_limit:,}); lower options.max_values or ask for fewer reports",
+            )
+        return reply
+
+
+def _jax_error(ename: str, evalue: str, traceback: list[str] | None = None) -> dict[str, t.Any]:
+    return {
+        "status": "error",
+        "ename": ename,
+        "evalue": evalue,
+        "traceback": traceback if traceback is not None else [f"{_RED}{ename}{_RESET}: {evalue}"],
+    }
+
+
+def _jax_request_fields(kind: str, content: t.Any) -> dict[str, t.Any]:
+    """The fields of a jax_*_request, checked here so bad input never reaches the worker."""
+    if not isinstance(content, dict):
+        raise jaxspec.JaxSpecError(f"{kind}_request content must be an object")
+    if kind == "jax_load":
+        known = set(jaxspec.LOAD_SETTINGS)
+        unknown = sorted(set(content) - known)
+        if unknown:
+            raise jaxspec.JaxSpecError(
+                f"unknown {kind}_request field(s) {', '.join(unknown)}; known: {', '.join(jaxspec.LOAD_SETTINGS)}"
+            )
+        return {"settings": jaxspec.check_load_settings(content)}
+    if kind == "jax_transform":
+        known = {"transformation", "function", "args", "options"}
+        unknown = sorted(set(content) - known)
+        if unknown:
+            raise jaxspec.JaxSpecError(
+                f"unknown {kind}_request field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        jaxspec.parse_transformation(content.get("transformation"))
+        return {
+            "transformation": content["transformation"],
+            "function": jaxspec.check_function(content.get("function")),
+            "args": jaxspec.check_args(content.get("args")),
+            "options": jaxspec.check_options(
+                content.get("options"), jaxspec.TRANSFORM_OPTIONS, "transformation"
+            ),
+        }
+    known = {"program", "program_base64", "args", "options"}
+    unknown = sorted(set(content) - known)
+    if unknown:
+        raise jaxspec.JaxSpecError(
+            f"unknown {kind}_request field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    program, b64 = content.get("program"), content.get("program_base64")
+    if (program is None) == (b64 is None):
+        raise jaxspec.JaxSpecError(
+            "give exactly one of 'program' (a path in the worker) and 'program_base64'"
+        )
+    if program is not None and (not isinstance(program, str) or not program):
+        raise jaxspec.JaxSpecError("'program' must be a path (a non-empty string)")
+    if b64 is not None:
+        if not isinstance(b64, str):
+            raise jaxspec.JaxSpecError("'program_base64' must be a base64 string")
+        try:
+            base64.b64decode(b64, validate=True)
+        except ValueError:
+            raise jaxspec.JaxSpecError("'program_base64' is not valid base64") from None
+    fields: dict[str, t.Any] = {
+        "args": jaxspec.check_args(content.get("args")),
+        "options": jaxspec.check_options(content.get("options"), jaxspec.PROGRAM_OPTIONS, "program"),
+    }
+    fields["program" if program is not None else "program_base64"] = program if program is not None else b64
+    return fields
