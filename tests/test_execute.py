@@ -190,3 +190,16 @@ def test_jax_runs_in_the_worker(kernel: Kernel) -> None:
         "f(jnp.arange(3.0)).tolist()"
     )
     assert res.of("execute_result")[0]["data"]["text/plain"] == "[0.0, 2.0, 4.0]"
+
+
+def test_display_values_that_json_cannot_carry_are_cleaned(kernel: Kernel) -> None:
+    res = kernel.ok(
+        "import datetime\nfrom IPython.display import display\n"
+        "display({'application/json': {'nan': float('nan'), 'raw': b'\\x00\\x01', 'set': {3}}}, raw=True,\n"
+        "        metadata={'when': datetime.date(2026, 1, 2)})\n"
+        "'after'"
+    )
+    shown = res.of("display_data")[0]
+    assert shown["data"]["application/json"] == {"nan": None, "raw": "AAE=", "set": [3]}
+    assert shown["metadata"] == {"when": "2026-01-02"}
+    assert res.of("execute_result")[0]["data"]["text/plain"] == "'after'"

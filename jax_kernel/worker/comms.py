@@ -14,9 +14,9 @@ from typing import Any
 
 import comm
 from comm.base_comm import BaseComm, CommManager
-from ipykernel.jsonutil import json_clean
 
 from ..wire import COMM_MSG_TYPES
+from .jsonable import jsonable
 
 
 def encode_buffers(buffers: list[Any] | None) -> list[str]:
@@ -42,13 +42,13 @@ class WorkerComm(BaseComm):
     ) -> None:
         if self.send_wire is None:
             return
-        content = json_clean({"data": data or {}, "comm_id": self.comm_id, **keys})
+        content = jsonable({"data": data or {}, "comm_id": self.comm_id, **keys})
         self.send_wire(
             {
                 "type": "comm",
                 "msg_type": msg_type,
                 "content": content,
-                "metadata": json_clean(metadata or {}),
+                "metadata": jsonable(metadata or {}),
                 "buffers": encode_buffers(buffers),
             }
         )

@@ -10,13 +10,12 @@ runs and emptied when it ends or when the cell ends, so nothing stays in the not
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from . import importhooks
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 MONITORING_MODULE = "jax._src.monitoring"
@@ -126,32 +125,6 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class _RegisterOnImport(importlib.abc.MetaPathFinder):
-    """Runs a callback right after JAX's monitoring module is executed."""
-
-    def __init__(self, callback: Callable[[Any], None]) -> None:
-        self.callback = callback
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != MONITORING_MODULE:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        loader, callback = spec.loader, self.callback
-
-        class _Loader(importlib.abc.Loader):
-            def create_module(self, spec: Any) -> Any:
-                return loader.create_module(spec)
-
-            def exec_module(self, module: Any) -> None:
-                loader.exec_module(module)
-                callback(module)
-
-        spec.loader = _Loader()
-        return spec
-
-
 def install(send: Callable[[dict[str, Any]], None]) -> CompileNotice:
     """Create the notice and hook it into JAX's monitoring, now or when JAX is imported."""
     notice = CompileNotice(send)
@@ -160,8 +133,5 @@ def install(send: Callable[[dict[str, Any]], None]) -> CompileNotice:
         monitoring.register_scalar_listener(notice.on_scalar)
         monitoring.register_event_duration_secs_listener(notice.on_duration)
 
-    if MONITORING_MODULE in sys.modules:
-        register(sys.modules[MONITORING_MODULE])
-    else:
-        sys.meta_path.insert(0, _RegisterOnImport(register))
+    importhooks.on_import(MONITORING_MODULE, after=register)
     return notice

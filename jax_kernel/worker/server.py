@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import builtins
 import getpass
+import importlib
 import signal
 import sys
 import traceback
 from typing import Any
 
-import ipykernel.zmqshell  # noqa: F401 - see below
-from ipykernel.jsonutil import json_clean
 from IPython.core import release
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.error import StdinNotImplementedError
@@ -24,7 +23,8 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import comms, compile_notice, jax_ops, jaxdisplay, sandbox
+from . import comms, compile_notice, importhooks, jax_ops, jaxdisplay, sandbox
+from .jsonable import jsonable
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 
@@ -45,7 +45,11 @@ class WorkerServer:
 
         # Libraries tell a notebook frontend from a terminal by what the stock kernel always has: an
         # IPKernelApp section in the shell's config (plotly, ...) or ipykernel.zmqshell imported
-        # (tqdm.auto). The worker has both (the import costs ~3 ms on top of ipykernel.jsonutil).
+        # (tqdm.auto). The worker has the first always and the second once tqdm is imported: ipykernel
+        # pulls in jupyter_client and zmq, ~0.25 s that every worker start would pay otherwise.
+        importhooks.on_import(
+            "tqdm.autonotebook", before=lambda: importlib.import_module("ipykernel.zmqshell")
+        )
         shell_config = Config(IPKernelApp=Config())
         history_file = (config.get("sandbox") or {}).get("history_file")
         if history_file:  # the IPython profile dir is read-only in the sandbox
@@ -121,7 +125,7 @@ class WorkerServer:
                     "evalue": str(e),
                     "traceback": traceback.format_exception(e),
                 }
-            self.conn.send({"type": "reply", "id": msg["id"], "content": json_clean(content)})
+            self.conn.send({"type": "reply", "id": msg["id"], "content": jsonable(content)})
 
     # stdin ------------------------------------------------------------------
     def _input_request(self, prompt: str, password: bool) -> str:

@@ -12,13 +12,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ipykernel.jsonutil import encode_images, json_clean
 from IPython.core import page
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Any as AnyTrait
 from traitlets import Type
+
+from .jsonable import jsonable
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -43,8 +44,8 @@ class WorkerDisplayHook(DisplayHook):
 
     def write_format_data(self, format_dict: dict, md_dict: dict | None = None) -> None:
         assert self.msg is not None
-        self.msg["data"] = json_clean(encode_images(format_dict))
-        self.msg["metadata"] = json_clean(md_dict or {})
+        self.msg["data"] = jsonable(format_dict)
+        self.msg["metadata"] = jsonable(md_dict or {})
 
     def finish_displayhook(self) -> None:
         _flush_std()
@@ -72,9 +73,9 @@ class WorkerDisplayPublisher(DisplayPublisher):
         self.send(
             {
                 "type": "update_display_data" if update else "display_data",
-                "data": json_clean(encode_images(data)),
-                "metadata": json_clean(metadata or {}),
-                "transient": json_clean(transient or {}),
+                "data": jsonable(data),
+                "metadata": jsonable(metadata or {}),
+                "transient": jsonable(transient or {}),
             }
         )
 
