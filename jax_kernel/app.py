@@ -11,11 +11,11 @@ from __future__ import annotations
 import signal
 import typing as t
 
-from ipykernel.kernelapp import IPKernelApp
+from ipykernel.kernelapp import IPKernelApp, kernel_aliases, kernel_flags
 from IPython.core.profiledir import ProfileDir
 from jupyter_client.session import Session
 from jupyter_core.paths import jupyter_config_path
-from traitlets import Type
+from traitlets import Type, default
 from traitlets.config import Application
 
 from .kernel import JaxKernel
@@ -32,6 +32,30 @@ class JaxKernelApp(IPKernelApp):
     kernel_class = Type(  # type: ignore[assignment]
         JaxKernel, klass="ipykernel.kernelbase.Kernel", help="The kernel class to launch."
     ).tag(config=True)
+
+    @default("aliases")
+    def _default_aliases(self) -> dict[str, t.Any]:
+        return self._configurable_here(kernel_aliases)
+
+    @default("flags")
+    def _default_flags(self) -> dict[str, t.Any]:
+        return self._configurable_here(kernel_flags)
+
+    def _configurable_here(self, table: dict[str, t.Any]) -> dict[str, t.Any]:
+        """ipykernel's shortcuts minus those for the in-process shell (colors, pylab, ...): here
+        they would configure nothing (see init_gui_pylab below), and --help-all fails on a class
+        the app does not list."""
+        known = {c.__name__ for cls in [type(self), *self.classes] for c in cls.mro()}
+        known.discard("InteractiveShellApp")  # pylab, extensions, startup code: the worker's business
+
+        def targets(value: t.Any) -> set[str]:
+            if isinstance(value, tuple):  # an alias with help, or a flag: (what, help)
+                value = value[0]
+            if isinstance(value, str):
+                return {value.split(".")[0]}
+            return set(value)  # a flag's config dict, keyed by class name
+
+        return {name: value for name, value in table.items() if targets(value) <= known}
 
     subcommands = {  # type: ignore[assignment]
         "install": ("jax_kernel.kernelspec.InstallJaxKernelSpecApp", "Install the jax kernelspec"),

@@ -84,3 +84,13 @@ def test_settings_are_read_from_jax_kernel_config_py(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 3.0  # the default grace alone would be 3 s
     finally:
         stop_kernel(km, kc)
+
+
+def test_help_all_lists_the_kernels_settings() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jax_kernel", "--help-all"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for setting in ("--WorkerManager.interrupt_grace", "--JaxKernel.output_limit", "--Sandbox.profile"):
+        assert setting in proc.stdout
+    assert "--pylab" not in proc.stdout  # the kernel process has no shell to configure
