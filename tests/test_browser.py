@@ -53,6 +53,7 @@ CELLS = {
     "tqdm": "from tqdm.auto import tqdm\nimport time\nfor i in tqdm(range(50)):\n    time.sleep(0.01)",
     "error": "1 / 0",
     "array": "import jax.numpy as jnp\njnp.arange(12.0).reshape(3, 4)",
+    "load_jax": "%load_jax",
     "stuck": (
         "import jax\n"
         "spin = jax.jit(lambda x: jax.lax.fori_loop(0, 2**31 - 1, lambda i, v: jnp.sin(v) + 1.0, x))\n"
@@ -252,6 +253,16 @@ def test_jax_array_has_its_rich_view(page: Any) -> None:
     playwright_api.expect(view).to_contain_text("(3, 4)")
     playwright_api.expect(view).to_contain_text("float32")
     shot(page, "array")
+
+
+def test_load_jax_shows_its_device_table(page: Any) -> None:
+    tables = run(page, "load_jax").locator(".jp-OutputArea-output table")
+    playwright_api.expect(tables.first).to_be_visible()
+    playwright_api.expect(tables.first).to_contain_text("jax_version")
+    playwright_api.expect(tables.first).to_contain_text("backend")
+    devices = tables.filter(has_text="platform")  # one row per device: id, platform, kind, memory
+    playwright_api.expect(devices).to_contain_text("cpu")
+    shot(page, "load_jax")
 
 
 def test_interrupt_button_ends_a_stuck_jitted_loop(page: Any) -> None:
