@@ -145,6 +145,12 @@ def page(lab: str) -> Iterator[Any]:
         page.goto(lab)
         page.wait_for_selector(".jp-Notebook .jp-Cell")
         wait_idle(page)
+        # The toolbar turns idle before JupyterLab's kernel connection accepts executions; the
+        # status bar's "Idle" comes later, and a short settle after it avoids a dropped first run.
+        playwright_api.expect(page.locator(".jp-StatusBar-Widget")).to_contain_text(
+            re.compile(r"JAX \(sandboxed\) \| Idle")
+        )
+        page.wait_for_timeout(2000)
         yield page
         page.screenshot(path=str(ARTIFACTS / "final.png"), full_page=True)
         browser.close()
@@ -161,20 +167,21 @@ def cell(page: Any, name: str) -> Any:
 def run(page: Any, name: str, wait: bool = True) -> Any:
     """Run one cell the way a person does: click into it, press Shift+Enter.
 
-    Right after the notebook opens, JupyterLab can show the kernel as idle before it accepts
-    executions and silently drop the first Shift+Enter, so a run that does not start is retried.
+    Right after the notebook opens, JupyterLab can drop a Shift+Enter without a trace, so a run
+    that has not started within 15 s is tried again; never sooner, because a run that JupyterLab
+    merely delayed and that is then sent twice leaves its execution indicator busy for good.
     """
     target = cell(page, name)
     prompt = target.locator(".jp-InputPrompt")
     before = prompt.inner_text().strip()
-    for _attempt in range(5):
+    for _attempt in range(3):
         _no_dialog(page)
         target.locator(".jp-InputArea-editor").click()
         page.keyboard.press("Shift+Enter")
-        if _started(page, prompt, before):
+        if _started(page, prompt, before, within=15.0):
             break
     else:
-        raise AssertionError(f"cell {name!r} did not start after 5 tries (prompt {prompt.inner_text()!r})")
+        raise AssertionError(f"cell {name!r} did not start after 3 tries (prompt {prompt.inner_text()!r})")
     if wait:
         playwright_api.expect(prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=UI_TIMEOUT_MS)
         wait_idle(page)
