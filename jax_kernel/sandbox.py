@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,17 +243,23 @@ class WorkerSandbox:
             threading.Thread(target=lambda: [c.release() for c in cgroups], daemon=True).start()
 
 
-def _sweep_stale_state(parent: str) -> None:
-    """Remove state dirs of kernels that died without cleaning up (SIGKILL)."""
+def _left_by_dead_kernels(parent: str, pattern: str) -> Iterator[str]:
+    """Entries of ``parent`` named (by ``pattern``, group 1) after a kernel pid that no longer runs."""
     try:
         names = os.listdir(parent)
     except OSError:
         return
     for name in names:
-        m = re.fullmatch(r"jax-kernel-sandbox-(\d+)-\w+", name)
-        path = os.path.join(parent, name)
+        m = re.fullmatch(pattern, name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            yield os.path.join(parent, name)
+
+
+def _sweep_stale_state(parent: str) -> None:
+    """Remove state dirs of kernels that died without cleaning up (SIGKILL)."""
+    for path in _left_by_dead_kernels(parent, r"jax-kernel-sandbox-(\d+)-\w+"):
         try:
-            if m and not os.path.exists(f"/proc/{m.group(1)}") and os.stat(path).st_uid == os.geteuid():
+            if os.stat(path).st_uid == os.geteuid():
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue
@@ -260,14 +267,8 @@ def _sweep_stale_state(parent: str) -> None:
 
 def _sweep_stale(parent: str) -> None:
     """Remove cgroups left by kernels that were killed (SIGKILL leaves no time to clean up)."""
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return
-    for name in names:
-        m = re.fullmatch(r"jax-kernel-(\d+)-\d+", name)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            Cgroup("", os.path.join(parent, name), 1).release(tries=3)
+    for path in _left_by_dead_kernels(parent, r"jax-kernel-(\d+)-\d+"):
+        Cgroup("", path, 1).release(tries=3)
 
 
 class Sandbox(LoggingConfigurable):
