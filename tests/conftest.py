@@ -118,13 +118,20 @@ def execute(
             return Result(reply["content"], outputs)
 
 
+def shell_replies(kc: BlockingKernelClient, *msg_ids: str, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+    """The reply contents to these shell requests, in the order asked; other replies are skipped."""
+    got: dict[str, dict[str, Any]] = {}
+    while not set(msg_ids) <= got.keys():
+        reply = kc.get_shell_msg(timeout=timeout)
+        msg_id = reply["parent_header"].get("msg_id")
+        if msg_id in msg_ids:
+            got[msg_id] = reply["content"]
+    return [got[m] for m in msg_ids]
+
+
 def request(kc: BlockingKernelClient, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Send a shell request (complete, inspect, history, ...) and return its reply content."""
-    msg_id = getattr(kc, method)(*args, **kwargs)
-    while True:
-        reply = kc.get_shell_msg(timeout=TIMEOUT)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"]
+    return shell_replies(kc, getattr(kc, method)(*args, **kwargs))[0]
 
 
 @dataclass

@@ -6,7 +6,7 @@ import base64
 import re
 
 import pytest
-from conftest import Kernel
+from conftest import Kernel, shell_replies
 
 
 def test_state_persists_between_cells(kernel: Kernel) -> None:
@@ -116,12 +116,9 @@ def test_stop_on_error_aborts_queued_cells(kernel: Kernel) -> None:
     kc = kernel.kc
     bad = kc.execute("raise RuntimeError('stop here')")
     queued = kc.execute("never_defined_by_queued_cell = 1")
-    replies = {}
-    while len(replies) < 2:
-        msg = kc.get_shell_msg(timeout=60)
-        replies[msg["parent_header"]["msg_id"]] = msg["content"]
-    assert replies[bad]["status"] == "error"
-    assert replies[queued]["status"] == "aborted"
+    bad_reply, queued_reply = shell_replies(kc, bad, queued)
+    assert bad_reply["status"] == "error"
+    assert queued_reply["status"] == "aborted"
     res = kernel.run("never_defined_by_queued_cell")
     assert res.reply["ename"] == "NameError"
 
@@ -130,12 +127,9 @@ def test_stop_on_error_false_keeps_going(kernel: Kernel) -> None:
     kc = kernel.kc
     bad = kc.execute("raise RuntimeError('carry on')", stop_on_error=False)
     after = kc.execute("ran_after_error = True")
-    replies = {}
-    while len(replies) < 2:
-        msg = kc.get_shell_msg(timeout=60)
-        replies[msg["parent_header"]["msg_id"]] = msg["content"]
-    assert replies[bad]["status"] == "error"
-    assert replies[after]["status"] == "ok"
+    bad_reply, after_reply = shell_replies(kc, bad, after)
+    assert bad_reply["status"] == "error"
+    assert after_reply["status"] == "ok"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import Kernel, start_kernel, stop_kernel
+from conftest import Kernel, shell_replies, start_kernel, stop_kernel
 from jupyter_client.kernelspec import KernelSpecManager
 
 
@@ -75,12 +75,9 @@ def test_settings_are_read_from_jax_kernel_config_py(tmp_path: Path) -> None:
         time.sleep(1.0)
         t0 = time.monotonic()
         km.interrupt_kernel()
-        while True:
-            reply = kc.get_shell_msg(timeout=30)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                break
-        assert reply["content"]["status"] == "error"
-        assert "within 0.5 s" in reply["content"]["evalue"]
+        (reply,) = shell_replies(kc, msg_id, timeout=30)
+        assert reply["status"] == "error"
+        assert "within 0.5 s" in reply["evalue"]
         assert time.monotonic() - t0 < 3.0  # the default grace alone would be 3 s
     finally:
         stop_kernel(km, kc)
