@@ -158,9 +158,15 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
         }
 
     # outputs from the worker -------------------------------------------------------
-    def _publish(self, msg_type: str, content: dict[str, t.Any]) -> None:
+    def _publish(self, msg_type: str, content: dict[str, t.Any], **extra: t.Any) -> None:
+        """IOPub message under the current cell's (or comm message's) parent; extra: metadata, buffers."""
         self.session.send(
-            self.iopub_socket, msg_type, content, parent=self._output_parent, ident=self._topic(msg_type)
+            self.iopub_socket,
+            msg_type,
+            content,
+            parent=self._output_parent,
+            ident=self._topic(msg_type),
+            **extra,
         )
 
     def _publish_output(self, msg: dict[str, t.Any]) -> None:
@@ -185,15 +191,7 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
             return
         msg_type, content = msg["msg_type"], msg["content"]
         self._track_comm(msg_type, content)
-        self.session.send(
-            self.iopub_socket,
-            msg_type,
-            content,
-            parent=self._output_parent,
-            metadata=msg["metadata"],
-            buffers=buffers,
-            ident=self._topic(msg_type),
-        )
+        self._publish(msg_type, content, metadata=msg["metadata"], buffers=buffers)
 
     def _track_comm(self, msg_type: str, content: dict[str, t.Any]) -> None:
         if msg_type == "comm_open":
@@ -226,13 +224,7 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
     def _close_worker_comms(self) -> None:
         """A dead worker's comms are gone: tell the frontend, so no widget keeps accepting input."""
         for comm_id in list(self._open_comms):
-            self.session.send(
-                self.iopub_socket,
-                "comm_close",
-                {"comm_id": comm_id, "data": {}},
-                parent=self._output_parent,
-                ident=self._topic("comm_close"),
-            )
+            self._publish("comm_close", {"comm_id": comm_id, "data": {}})
         self._open_comms.clear()
 
     async def comm_info_request(self, stream: t.Any, ident: t.Any, parent: dict[str, t.Any]) -> None:

@@ -10,6 +10,7 @@ runs and emptied when it ends or when the cell ends, so nothing stays in the not
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from collections.abc import Callable
@@ -91,7 +92,7 @@ class CompileNotice:
         if text == self._shown_text:
             return
         self._shown_text = text
-        html = f"<div class='jax-compile-notice' style='opacity:0.7'>⏳ {_escape(text)}</div>"
+        page = f"<div class='jax-compile-notice' style='opacity:0.7'>⏳ {html.escape(text)}</div>"
         if self._shown is None:
             self._serial += 1
             self._shown = f"jax-kernel-compile-{self._serial}"
@@ -101,7 +102,7 @@ class CompileNotice:
         self.send(
             {
                 "type": kind,
-                "data": {"text/plain": text, "text/html": html},
+                "data": {"text/plain": text, "text/html": page},
                 "metadata": {},
                 "transient": {"display_id": self._shown},
             }
@@ -119,10 +120,6 @@ class CompileNotice:
             )
             self._shown = None
             self._shown_text = ""
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def install(send: Callable[[dict[str, Any]], None]) -> CompileNotice:
