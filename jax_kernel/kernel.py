@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import base64
-import binascii
 import sys
 import threading
 import typing as t
@@ -185,8 +183,8 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
     # comms (widgets, progress bars) --------------------------------------------------------
     def _publish_comm(self, msg: dict[str, t.Any]) -> None:
         try:
-            buffers = [base64.b64decode(b, validate=True) for b in msg["buffers"]]
-        except (binascii.Error, ValueError):
+            buffers = wire.decode_buffers(msg["buffers"])
+        except wire.WireError:
             self._publish_problem("dropped a comm message from the worker with a malformed buffer")
             return
         msg_type, content = msg["msg_type"], msg["content"]
@@ -207,10 +205,7 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
             return
         self._output_parent = parent
         self._track_comm(msg_type, content)
-        buffers = [
-            base64.b64encode(b.bytes if hasattr(b, "bytes") else bytes(b)).decode("ascii")
-            for b in parent.get("buffers") or []
-        ]
+        buffers = wire.encode_buffers(parent.get("buffers"))
         request = {"msg_type": msg_type, "content": content, "metadata": parent.get("metadata") or {}}
         try:
             await self.manager.request("comm", {**request, "buffers": buffers})

@@ -9,6 +9,8 @@ checked against :data:`WORKER_MESSAGES` before the kernel acts on it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import select
 import socket
@@ -136,6 +138,21 @@ def validate_worker_message(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 COMM_MSG_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
+
+
+def encode_buffers(buffers: Any) -> list[str]:
+    """Binary buffers (comm messages) as the wire carries them: base64 strings, JSON only."""
+    return [
+        base64.b64encode(b.bytes if hasattr(b, "bytes") else bytes(b)).decode("ascii") for b in buffers or []
+    ]
+
+
+def decode_buffers(buffers: Any) -> list[bytes]:
+    """The inverse of encode_buffers; anything that is not strict base64 is a WireError."""
+    try:
+        return [base64.b64decode(b, validate=True) for b in buffers or []]
+    except (binascii.Error, ValueError, TypeError):
+        raise WireError("a comm buffer is not valid base64") from None
 
 
 def _check_comm(msg: Mapping[str, Any]) -> None:

@@ -8,23 +8,15 @@ on IOPub. Binary buffers travel base64-encoded: the wire is JSON only.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
 import comm
 from comm.base_comm import BaseComm, CommManager
 
+from .. import wire
 from ..wire import COMM_MSG_TYPES
 from .jsonable import jsonable
-
-
-def encode_buffers(buffers: list[Any] | None) -> list[str]:
-    return [base64.b64encode(bytes(b)).decode("ascii") for b in buffers or []]
-
-
-def decode_buffers(buffers: list[str] | None) -> list[bytes]:
-    return [base64.b64decode(b) for b in buffers or []]
 
 
 class WorkerComm(BaseComm):
@@ -49,7 +41,7 @@ class WorkerComm(BaseComm):
                 "msg_type": msg_type,
                 "content": content,
                 "metadata": jsonable(metadata or {}),
-                "buffers": encode_buffers(buffers),
+                "buffers": wire.encode_buffers(buffers),
             }
         )
 
@@ -68,7 +60,7 @@ class WorkerCommManager(CommManager):
             "parent_header": {},
             "content": content,
             "metadata": metadata,
-            "buffers": decode_buffers(buffers),
+            "buffers": wire.decode_buffers(buffers),
         }
         getattr(self, msg_type)(None, None, msg)
 
