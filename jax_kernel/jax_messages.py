@@ -20,6 +20,7 @@ from traitlets import Integer
 from traitlets.config import Configurable
 
 from . import jaxspec, wire
+from .accelerators import LeaseError
 from .manager import WorkerDied, WorkerError
 
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
@@ -102,6 +103,7 @@ class JaxEntryPoints(Configurable):
             content = await self.manager.request(kind, fields)
             if kind == "jax_load" and content.get("status") == "restart":
                 settings = jaxspec.check_load_settings(content.get("settings") or {})
+                self.manager.reserve_for(settings)  # a refused lease leaves the worker as it is
                 warning = self._warn_replacing(content)
                 reply = await self._load_in_new_worker(settings)
                 reply.update(worker_replaced=True, warning=warning)
@@ -115,6 +117,8 @@ class JaxEntryPoints(Configurable):
             )
         except (WorkerError, jaxspec.JaxSpecError) as e:
             return _jax_error(type(e).__name__, f"The worker could not serve {kind}_request: {e}")
+        except LeaseError as e:
+            return _jax_error("DeviceLeaseError", f"{e}. The worker was kept as it was.")
 
     def _warn_replacing(self, content: dict[str, t.Any], in_cell: bool = False) -> str:
         reason = content.get("reason") if isinstance(content.get("reason"), str) else "new JAX settings"
@@ -132,6 +136,13 @@ class JaxEntryPoints(Configurable):
             settings = jaxspec.check_load_settings(restart.get("settings") or {})
         except jaxspec.JaxSpecError as e:
             raise MalformedJaxReply(f"bad jax_restart settings from the worker: {e}") from None
+        try:
+            self.manager.reserve_for(settings)
+        except LeaseError as e:
+            error = _jax_error("DeviceLeaseError", f"{e}. The worker was kept as it was.")
+            error = {k: error[k] for k in ("ename", "evalue", "traceback")}
+            self._publish("error", error)
+            return {**reply, "status": "error", **error}
         self._warn_replacing(restart, in_cell=True)
         content = await self._load_in_new_worker(settings)
         if content["status"] == "ok":

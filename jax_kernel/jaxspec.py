@@ -175,19 +175,34 @@ def check_options(options: Any, allowed: Mapping[str, tuple[type, ...]], what: s
 
 
 # load_jax_library ------------------------------------------------------------------------
-def parse_devices(devices: Any) -> list[int] | None:
-    """``"0,1"``, ``[0, 1]`` or ``0`` as a list of device ids."""
+def parse_devices(devices: Any) -> list[int] | int | None:
+    """Devices asked for: a count of free ones to lease (``"auto"`` is 1, ``2``, ``"2"``) or
+    these ids (``"0,2"``, ``[0, 2]``; one id is ``"1,"`` or ``[1]``)."""
     if devices is None:
         return None
     if isinstance(devices, bool):
-        raise JaxSpecError("devices must be device ids such as [0, 1] or '0,1'")
-    if isinstance(devices, int):
-        devices = [devices]
+        raise JaxSpecError("devices must be 'auto', a count such as 2, or ids such as '0,2' or [0, 2]")
     if isinstance(devices, str):
-        parts = [p.strip() for p in devices.split(",") if p.strip()]
-        if not all(p.isdigit() for p in parts):
-            raise JaxSpecError(f"devices must be comma-separated ids such as '0,1', not {devices!r}")
-        devices = [int(p) for p in parts]
+        text = devices.strip().lower()
+        if text == "auto":
+            return 1
+        if text.isdigit():
+            devices = int(text)
+        else:
+            parts = [p.strip() for p in text.split(",")]
+            if parts and parts[-1] == "" and len(parts) > 1:
+                parts.pop()  # "1," names device 1
+            if not parts or not all(p.isdigit() for p in parts):
+                raise JaxSpecError(
+                    f"devices must be 'auto', a count such as 2, or ids such as '0,2', not {devices!r}"
+                )
+            devices = [int(p) for p in parts]
+    if isinstance(devices, int):
+        if not 1 <= devices <= 1024:
+            raise JaxSpecError(
+                f"a device count must be between 1 and 1024, not {devices} (one id: '{devices},')"
+            )
+        return devices
     if not isinstance(devices, list | tuple) or not devices:
         raise JaxSpecError("devices must be a non-empty list of device ids")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices):
@@ -261,7 +276,7 @@ def settings_env(settings: Mapping[str, Any]) -> dict[str, str]:
     if platform:
         env["JAX_PLATFORMS"] = platform
     devices = settings.get("devices")
-    if devices is not None and platform != "cpu":
+    if isinstance(devices, list) and platform != "cpu":
         # CPU devices cannot be hidden (only checked); accelerators are hidden by their runtimes,
         # which renumber what is left from 0.  No platform given: whichever GPU runtime is there.
         ids = ",".join(str(d) for d in devices)

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
-from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from . import jaxspec, wire
-from .process import WorkerProcess, default_worker_argv, describe_exit
+from .accelerators import Accelerators, Lease, LeaseError, pin_env
+from .process import Spawned, WorkerProcess, default_worker_argv, describe_exit, spawn
 from .sandbox import Sandbox
 
 
@@ -92,15 +94,64 @@ class WorkerManager(LoggingConfigurable):
         help="Largest single message accepted from the worker; larger ones are discarded with a notice.",
     ).tag(config=True)
 
+    standby = Bool(
+        True,
+        help="Keep one standby worker ready (interpreter started, sandbox applied, jax imported, backend "
+        "not started), swapped in on crash recovery and %load_jax with new settings so that those take "
+        "a fraction of a second. It costs the memory of one idle worker; turn it off on tight hosts.",
+    ).tag(config=True)
+
+    standby_delay = Float(
+        2.0, help="Seconds after a worker is ready before the next standby starts (when no request runs)."
+    ).tag(config=True)
+
+    compilation_cache = Bool(
+        True,
+        help="Give workers JAX's persistent compilation cache (in JaxKernel's cache dir, "
+        "WorkerManager.compilation_cache_dir), so a function compiled before a restart is read back "
+        "instead of compiled again.",
+    ).tag(config=True)
+
+    compilation_cache_dir = Unicode(
+        help="Where the persistent compilation cache lives (default: ~/.cache/jax-kernel/compilation)."
+    ).tag(config=True)
+
+    @default("compilation_cache_dir")
+    def _default_cache_dir(self) -> str:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "jax-kernel", "compilation")
+
+    compilation_cache_min_compile_secs = Float(
+        0.0,
+        help="Compiles at least this long are cached (JAX's own default is 1 s). 0 caches every compile: "
+        "reading a small one back is 2-4x faster than compiling it, which is most of a restarted "
+        "notebook's first cells.",
+    ).tag(config=True)
+
+    compilation_cache_max_bytes = Integer(
+        2 * 1024**3,
+        help="Size the compilation cache is trimmed to (least recently used first); -1: no limit.",
+    ).tag(config=True)
+
     sandbox = Instance(Sandbox, help="The isolation policy applied to every worker.")
 
     @default("sandbox")
     def _default_sandbox(self) -> Sandbox:
         return Sandbox(parent=self, log=self.log)
 
+    accelerators = Instance(Accelerators, help="Device policy: default devices, leasing, memory limits.")
+
+    @default("accelerators")
+    def _default_accelerators(self) -> Accelerators:
+        return Accelerators(parent=self, log=self.log)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.worker: WorkerProcess | None = None
+        self.spare: WorkerProcess | None = None  # the standby, until a start takes it
+        self._prespawned: Spawned | None = None  # a standby started before the loop existed
+        self.lease: Lease | None = None  # devices this kernel holds for its workers
+        self._lease_request: tuple[str, Any] | None = None
         self.execution_count = 1
         self.stream_limit = 5_000_000
         self.output_handler: Callable[[dict[str, Any]], None] = lambda msg: None
@@ -120,8 +171,36 @@ class WorkerManager(LoggingConfigurable):
 
     # life cycle -------------------------------------------------------------------
     def start(self) -> WorkerProcess:
-        """Spawn a fresh worker now; it becomes usable once it says it is ready."""
+        """Give the kernel a worker now: the standby if one is warm(ing), else a fresh spawn.
+
+        Either way it becomes usable once it says it is ready; a new standby is started once it is.
+        """
         self._loop = asyncio.get_running_loop()
+        if self.lease is None and self._lease_request is None:
+            try:
+                self.reserve(self._jax_settings())
+            except LeaseError as e:
+                self.log.warning("No device lease for this kernel's worker: %s", e)
+                self.problem_handler(f"no accelerator for this worker: {e}")
+        config, env = self._job()
+        if self._prespawned is not None and self.spare is None:
+            self.spare = self._watch(self._prespawned)
+        self._prespawned = None
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.alive():
+            spare.send({"type": "activate", "id": 0, "config": config, "env": env})
+            self.worker = spare
+        else:
+            if spare is not None:
+                spare.kill("the standby worker was not usable")
+            self.worker = self._spawn(config, env)
+        self.worker.started_at = time.monotonic()
+        self.starts += 1
+        self.log.info("Started worker %s%s", self.worker.pid, " (standby)" if spare is self.worker else "")
+        self.worker.ready.add_done_callback(lambda _f: self._refill_standby())
+        return self.worker
+
+    def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         for key, value in self.worker_env.items():
@@ -129,22 +208,29 @@ class WorkerManager(LoggingConfigurable):
                 env[key] = value
             else:
                 env.pop(key, None)
-        jax_settings = self._jax_settings()
-        env.update(jaxspec.settings_env(jax_settings))
-        # The deployer's worker_env and the JAX settings are applied before the scrub: secrets never
-        # pass, even by config, and the sandbox's accelerator pinning has the last word.
-        env = self.sandbox.worker_environment(env)
-        sandbox = self.sandbox.prepare_worker()
-        self.worker = WorkerProcess(
-            argv=list(self.worker_argv),
-            env=env,
-            config={
-                "execution_count": self.execution_count,
-                "output_limit": self.stream_limit,
-                "max_frame": self.max_message_bytes,
-                "jax_settings": jax_settings,
-                "sandbox": sandbox.policy,
-            },
+        # The deployer's worker_env is applied before the scrub: secrets never pass, even by config.
+        return self.sandbox.worker_environment(env)
+
+    def _launch(self, config: dict[str, Any], env: dict[str, str] | None) -> Spawned:
+        """Start a worker process: with its job (``env`` given) or as a standby (``env`` None)."""
+        full_env = self._base_env()
+        if env is not None:
+            full_env.update(env)
+        sandbox = self.sandbox.prepare_worker(
+            extra_writable=[self.compilation_cache_dir] if self.compilation_cache else []
+        )
+        config = {
+            **config,
+            "max_frame": self.max_message_bytes,
+            "sandbox": sandbox.policy,
+            "standby": env is None,
+        }
+        return spawn(list(self.worker_argv), full_env, config, sandbox)
+
+    def _watch(self, spawned: Spawned) -> WorkerProcess:
+        assert self._loop is not None
+        return WorkerProcess(
+            spawned=spawned,
             max_frame=self.max_message_bytes,
             stream_limit=self.stream_limit,
             loop=self._loop,
@@ -153,18 +239,124 @@ class WorkerManager(LoggingConfigurable):
             on_exit=self._on_exit,
             log=self.log,
         )
-        self.worker.sandbox = sandbox
-        self.starts += 1
-        self.log.info("Started worker %s", self.worker.pid)
-        return self.worker
 
-    def _jax_settings(self) -> dict[str, Any]:
+    def _spawn(self, config: dict[str, Any], env: dict[str, str] | None) -> WorkerProcess:
+        return self._watch(self._launch(config, env))
+
+    def prespawn(self) -> None:
+        """Start the standby now, before the kernel's event loop exists (a spare kernel process,
+        see :mod:`jax_kernel.provisioner`); the first :meth:`start` takes it."""
+        if self.standby and self._prespawned is None:
+            self._prespawned = self._launch({}, None)
+
+    def _refill_standby(self, delay: float | None = None) -> None:
+        """Start the next standby a little after the current worker is ready, and only between
+        requests: its start-up (a second of CPU) must not slow down the first cells after a restart."""
+        if not self.standby or self._stopping or self.spare is not None or self._loop is None:
+            return
+        if self.worker is None or not self.worker.ready.done() or self.worker.ready.exception():
+            return
+        if delay is None:
+            delay = self.standby_delay
+        if delay > 0 or any(not fut.done() for _w, fut, _k in self._pending.values()):
+            self._loop.call_later(max(delay, 0.5), self._refill_standby, 0.0)
+            return
+        self.spare = self._spawn({}, None)
+        self.log.debug("Started standby worker %s", self.spare.pid)
+
+    def _job(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """What a worker is told when it takes up work: its config and the environment JAX reads."""
+        settings = self._jax_settings()
+        lease = self.lease
+        env = jaxspec.settings_env(settings)
+        env.update(self.accelerators.memory_env(settings))
+        config: dict[str, Any] = {
+            "execution_count": self.execution_count,
+            "output_limit": self.stream_limit,
+            "host_platform": self.accelerators.host_platform(),
+        }
+        if self.compilation_cache and "compilation_cache_dir" not in settings:
+            env["JAX_COMPILATION_CACHE_DIR"] = self.compilation_cache_dir
+            env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = f"{self.compilation_cache_min_compile_secs:g}"
+            env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(self.compilation_cache_max_bytes)
+        if lease is not None:
+            unit = "cores" if lease.platform == "cpu" else f"{lease.platform} devices"
+            config["lease"] = f"{unit} {', '.join(map(str, lease.devices))} ({lease.mode})"
+            if lease.platform == "cpu":
+                config["cpu_affinity"] = lease.devices
+                if "host_device_count" not in settings:
+                    env["JAX_NUM_CPU_DEVICES"] = str(len(lease.devices))
+            else:
+                env.update(pin_env(lease))
+        elif self.accelerators.host_platform() != "cpu" and self._device_request(settings) is not None:
+            # The default lease could not be had: no accelerator rather than one another kernel holds.
+            env.update(
+                {name: "" for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS")}
+            )
+        config["jax_settings"] = settings
+        return config, env
+
+    def reserve(self, settings: dict[str, Any]) -> Lease | None:
+        """Lease the devices ``settings`` ask for (or the policy's default) before a worker starts.
+
+        Raises LeaseError, saying who holds what, and keeps the current lease in that case, so a
+        refused ``%load_jax`` leaves the running worker as it was.
+        """
+        request = self._device_request(settings)
+        if request == self._lease_request:
+            return self.lease
+        old, old_request = self.lease, self._lease_request
+        if old is not None:
+            old.release()  # our own devices count as free for the new request
+        self.lease, self._lease_request = None, None
+        if request is None:
+            return None
+        platform, wanted = request
+        allowed = self.sandbox.accelerators if self.sandbox.enabled else "all"
         try:
-            defaults = jaxspec.check_load_settings(self.jax_settings, from_strings=True)
+            self.lease = self.accelerators.acquire(platform, wanted, allowed)
+        except LeaseError:
+            if old_request is not None:
+                try:
+                    self.lease = self.accelerators.acquire(old_request[0], old_request[1], allowed)
+                except LeaseError:
+                    self.log.warning("Lost the lease on %s while trying another", old_request)
+                    self.lease = None
+                else:
+                    self._lease_request = old_request
+            raise
+        self._lease_request = request
+        self.log.info("Leased %s %s (%s)", platform, self.lease.devices, self.lease.mode)
+        return self.lease
+
+    def reserve_for(self, jax_overrides: dict[str, Any]) -> Lease | None:
+        """:meth:`reserve` for a worker started with these load_jax_library settings."""
+        return self.reserve({**self._jax_settings_defaults(), **jax_overrides})
+
+    def _device_request(self, settings: dict[str, Any]) -> tuple[str, Any] | None:
+        """(platform, count or ids) to lease, or None when the worker takes devices unleased."""
+        devices = settings.get("devices")
+        if devices is None and self.accelerators.devices != "all":
+            devices = jaxspec.parse_devices(self.accelerators.devices)
+        if devices is None:
+            return None
+        host = self.accelerators.host_platform()
+        platform = settings.get("platform") or host
+        if platform == "cpu" and isinstance(devices, list):
+            return None  # ids of JAX's CPU devices: only checked by the worker, nothing to lease
+        if platform != "cpu" and platform != host:
+            return None  # no such devices here: the worker's load says so
+        return platform, devices
+
+    def _jax_settings_defaults(self) -> dict[str, Any]:
+        try:
+            return jaxspec.check_load_settings(self.jax_settings, from_strings=True)
         except jaxspec.JaxSpecError as e:
             self.log.error("Ignoring WorkerManager.jax_settings: %s", e)
-            defaults = {}
-        return {**defaults, **self.jax_overrides}
+            return {}
+
+    def _jax_settings(self) -> dict[str, Any]:
+        return {**self._jax_settings_defaults(), **self.jax_overrides}
 
     async def replace(self, jax_settings: dict[str, Any]) -> WorkerProcess:
         """Stop the current worker and start one whose JAX starts with these settings.
@@ -173,6 +365,7 @@ class WorkerManager(LoggingConfigurable):
         only when its backend starts, so a running worker cannot take new ones.  They stay in
         force for later replacements (a crash restart keeps them) until the kernel restarts.
         """
+        self.reserve_for(jax_settings)
         self.jax_overrides = dict(jax_settings)
         old, self.worker = self.worker, None  # no death report and no automatic restart for it
         if old is not None:
@@ -209,7 +402,12 @@ class WorkerManager(LoggingConfigurable):
     async def shutdown(self) -> None:
         """Stop the worker, politely first; no process is left behind."""
         self._stopping = True
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            spare.kill("the kernel is shutting down")  # it holds nothing: no need to be polite
         worker, self.worker = self.worker, None
+        if self.lease is not None:
+            self.lease.release()
         if worker is None:
             return
         if worker.ready.done() and not worker.ready.exception():
@@ -222,8 +420,9 @@ class WorkerManager(LoggingConfigurable):
     def kill_now(self) -> None:
         """Synchronous last resort (atexit): make sure no worker outlives the kernel."""
         self._stopping = True
-        if self.worker is not None and self.worker.alive():
-            self.worker.kill("the kernel exited")
+        for worker in (self.worker, self.spare):
+            if worker is not None and worker.alive():
+                worker.kill("the kernel exited")
 
     # requests ---------------------------------------------------------------------
     async def request(
@@ -321,7 +520,9 @@ class WorkerManager(LoggingConfigurable):
             elif not worker.ready.done():
                 self.sandbox.worker_ready(msg.get("sandbox"))
                 worker.ready.set_result(msg)
-                self.log.info("Worker %s ready", worker.pid)
+                self.log.info("Worker %s ready in %.3f s", worker.pid, time.monotonic() - worker.started_at)
+        elif kind == "standby":
+            self.log.debug("Standby worker %s warm", worker.pid)
         elif worker is self.worker:
             if kind == "input_request":
                 self.input_handler(msg)
@@ -333,6 +534,16 @@ class WorkerManager(LoggingConfigurable):
             self.problem_handler(text)
 
     def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
+        if worker is self.spare:  # a standby that died before it was needed: the next start spawns
+            self.spare = None
+            self.sandbox.worker_exited(worker.sandbox)
+            self.log.warning(
+                "Standby worker %s %s\n%s",
+                worker.pid,
+                worker.kill_reason or describe_exit(returncode),
+                worker.diagnostics()[-2000:],
+            )
+            return
         how = (
             worker.kill_reason
             or self.sandbox.explain_exit(worker.sandbox, returncode)

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import wire
@@ -55,15 +56,54 @@ def describe_exit(returncode: int | None) -> str:
     return f"was killed by signal {sig.name}" + (f" ({meaning})" if meaning else "")
 
 
+@dataclass
+class Spawned:
+    """A worker process just started, not yet watched: what :class:`WorkerProcess` takes over.
+
+    Spawning needs no event loop, so a spare kernel process can start its standby worker before
+    the kernel (and its loop) exists.
+    """
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    sandbox: Any = None
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def spawn(
+    argv: list[str],
+    env: Mapping[str, str],
+    config: dict[str, Any],
+    sandbox: Any = None,
+    cwd: str | None = None,
+) -> Spawned:
+    """Start ``argv`` with one end of a socketpair (the wire) and its JSON config as arguments."""
+    parent_sock, child_sock = socket.socketpair()
+    child_fd = child_sock.fileno()
+    config = dict(config, parent_pid=os.getpid())
+    try:
+        proc = subprocess.Popen(
+            [*argv, str(child_fd), json.dumps(config)],
+            pass_fds=(child_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # the kernel, not the terminal, decides who gets SIGINT
+            env=dict(env),
+            cwd=cwd,
+        )
+    finally:
+        child_sock.close()
+    return Spawned(proc, parent_sock, sandbox)
+
+
 class WorkerProcess:
     """One running worker: its process, its wire connection and the threads that read them."""
 
     def __init__(
         self,
         *,
-        argv: list[str],
-        env: Mapping[str, str],
-        config: dict[str, Any],
+        spawned: Spawned,
         max_frame: int,
         stream_limit: int,
         loop: asyncio.AbstractEventLoop,
@@ -71,7 +111,6 @@ class WorkerProcess:
         on_problem: Callable[[WorkerProcess, str], None],
         on_exit: Callable[[WorkerProcess, int | None], None],
         log: logging.Logger,
-        cwd: str | None = None,
     ) -> None:
         self.log = log
         self._loop = loop
@@ -79,31 +118,15 @@ class WorkerProcess:
         self._on_problem = on_problem
         self._on_exit = on_exit
         self.kill_reason: str | None = None
-        self.sandbox: Any = None  # the WorkerSandbox the manager prepared for this worker
+        self.sandbox: Any = spawned.sandbox  # the WorkerSandbox the manager prepared for this worker
         self.ready = loop.create_future()
         self.stream_budget = OutputBudget(stream_limit)
         self._diag = bytearray()
         self._diag_lock = threading.Lock()
-
-        parent_sock, child_sock = socket.socketpair()
-        child_fd = child_sock.fileno()
-        config = dict(config, parent_pid=os.getpid())
-        self.started_at = time.monotonic()
-        try:
-            self.proc = subprocess.Popen(
-                [*argv, str(child_fd), json.dumps(config)],
-                pass_fds=(child_fd,),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # the kernel, not the terminal, decides who gets SIGINT
-                env=dict(env),
-                cwd=cwd,
-            )
-        finally:
-            child_sock.close()
+        self.started_at = spawned.started_at
+        self.proc = spawned.proc
         self.pid = self.proc.pid
-        self.conn = wire.Connection(parent_sock, max_frame=max_frame)
+        self.conn = wire.Connection(spawned.sock, max_frame=max_frame)
         threading.Thread(target=self._read_wire, name=f"worker-{self.pid}-wire", daemon=True).start()
         threading.Thread(target=self._read_diag, name=f"worker-{self.pid}-diag", daemon=True).start()
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -465,7 +465,7 @@ class Sandbox(LoggingConfigurable):
         state = self.state_dir()
         return [p for p in hidden if not os.path.realpath(state).startswith(os.path.realpath(p) + "/")]
 
-    def _protected(self, writable: list[str], state: str) -> list[str]:
+    def _protected(self, writable: list[str], state: str, exempt: Sequence[str] = ()) -> list[str]:
         """Paths inside a writable folder that must stay read-only, or the worker could plant code
         that runs outside the sandbox later: the interpreter and its site-packages (a ``.pth``
         file), this package (an editable install in the notebook folder), Jupyter's and IPython's
@@ -491,7 +491,8 @@ class Sandbox(LoggingConfigurable):
         state_real = os.path.realpath(state)
         roots = [os.path.realpath(w) for w in writable if not os.path.realpath(w).startswith(state_real)]
         if self.protect_dotfiles:
-            for root in roots:
+            exempt_real = {os.path.realpath(e) for e in exempt}
+            for root in (r for r in roots if r not in exempt_real):
                 try:
                     candidates.update(os.path.join(root, n) for n in os.listdir(root) if n.startswith("."))
                 except OSError:
@@ -558,8 +559,12 @@ class Sandbox(LoggingConfigurable):
             clean["CUDA_VISIBLE_DEVICES"] = ",".join(i.strip() for i in self.accelerators.split(","))
         return clean
 
-    def prepare_worker(self, cwd: str | None = None) -> WorkerSandbox:
-        """Resolve the policy for one new worker (and make its cgroups, where we can)."""
+    def prepare_worker(self, cwd: str | None = None, extra_writable: Sequence[str] = ()) -> WorkerSandbox:
+        """Resolve the policy for one new worker (and make its cgroups, where we can).
+
+        ``extra_writable``: folders the kernel itself gives workers (the compilation cache), made if
+        missing; unlike ``writable_paths`` they are not the deployer's to choose.
+        """
         if not self.enabled:
             return WorkerSandbox({"profile": "off"})
         memory = parse_size(self.memory_limit, "Sandbox.memory_limit")
@@ -572,13 +577,17 @@ class Sandbox(LoggingConfigurable):
             os.path.join(state, "tmp"),
             os.path.join(state, "history"),
         ]
-        cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-        if cache:
+        # Caches the kernel hands out hold data that no tool runs, and JAX keeps a .lockfile in
+        # its cache: no dot-file protection inside them.
+        caches = [
+            os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
+            *extra_writable,
+            self._matplotlib_cache() or "",
+        ]
+        caches = [c for c in caches if c]
+        for cache in caches:
             os.makedirs(cache, exist_ok=True)
-            writable.append(cache)
-        mpl = self._matplotlib_cache()
-        if mpl:
-            writable.append(mpl)
+        writable += caches
         writable += [os.path.expanduser(p) for p in self.writable_paths]
         kernel_side = {"environment": "scrubbed (kernel secrets, tokens, connection paths removed)"}
         if self.cpu_time_limit:
@@ -591,7 +600,7 @@ class Sandbox(LoggingConfigurable):
                 "hidden": self._hidden(),
                 "devices": self._devices(),
                 "mask_file": os.path.join(state, "mask"),
-                "readonly": self._protected(writable, state),
+                "readonly": self._protected(writable, state, exempt=caches),
             },
             "limits": {
                 "memory_limit": memory,

@@ -34,6 +34,7 @@ _MIME = dict  # a MIME bundle: {mimetype: str | JSON}
 #: Optional fields are listed in :data:`OPTIONAL_FIELDS`.
 WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ready": {"pid": int, "protocol": int, "execution_count": int},
+    "standby": {"pid": int, "protocol": int},  # warmed up (JAX imported), waiting for "activate"
     "stream": {"name": str, "text": str},
     "display_data": {"data": _MIME, "metadata": dict},
     "update_display_data": {"data": _MIME, "metadata": dict},
@@ -66,6 +67,7 @@ KERNEL_REQUESTS = frozenset(
         "info",
         "input_reply",
         "shutdown",
+        "activate",
         "comm",
         "comm_info",
     }

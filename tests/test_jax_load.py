@@ -92,7 +92,7 @@ def test_magic_and_function_errors(lk: Kernel) -> None:
     res = lk.run("%load_jax --host-devices many")
     assert res.reply["ename"] == "UsageError"
     res = lk.run("load_jax_library(devices='0,x')")
-    assert res.reply["ename"] == "JaxLoadError" and "comma-separated" in res.reply["evalue"]
+    assert res.reply["ename"] == "JaxLoadError" and "ids such as '0,2'" in res.reply["evalue"]
     res = lk.run("load_jax_library(compilation_cache_dir='/proc/no-cache-here')")
     assert res.reply["ename"] == "JaxLoadError" and "is not writable here" in res.reply["evalue"]
 

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket(fileno=fd)
     conn = wire.Connection(sock, max_frame=int(config.get("max_frame", wire.DEFAULT_MAX_FRAME)))
     sys.argv = [""]
-    WorkerServer(conn, config).serve_forever()
+    server = WorkerServer(conn, config)
+    if not config.get("standby") or server.standby():
+        server.serve_forever()
     conn.close()
     os._exit(0)  # skip interpreter teardown: XLA's threads can make it slow or hang
 

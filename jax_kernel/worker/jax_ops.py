@@ -68,6 +68,8 @@ class JaxRestartRequired(BaseException):
 class _State:
     in_worker: bool = False  # set by the worker server: restarts are possible
     applied: dict[str, Any] = field(default_factory=dict)  # settings this process started JAX with
+    host_platform: str = "cpu"  # what the kernel found on the host, to know which requests need a lease
+    lease: str = ""  # the kernel's description of the devices it leased for this worker
 
 
 STATE = _State()
@@ -81,6 +83,45 @@ def configure(config: Mapping[str, Any]) -> None:
         STATE.applied = jaxspec.check_load_settings(settings)
     except JaxSpecError:
         STATE.applied = {}
+    STATE.host_platform = str(config.get("host_platform") or "cpu")
+    STATE.lease = str(config.get("lease") or "")
+
+
+#: JAX options read from the environment at import, for a worker that imported JAX before it
+#: was given its settings (the standby worker).
+_IMPORT_TIME_OPTIONS = {
+    "JAX_PLATFORMS": ("jax_platforms", str),
+    "JAX_ENABLE_X64": ("jax_enable_x64", lambda v: v.strip().lower() in ("1", "true", "yes")),
+    "JAX_NUM_CPU_DEVICES": ("jax_num_cpu_devices", int),
+    "JAX_COMPILATION_CACHE_DIR": ("jax_compilation_cache_dir", str),
+    "JAX_DEFAULT_MATMUL_PRECISION": ("jax_default_matmul_precision", str),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": ("jax_persistent_cache_min_compile_time_secs", float),
+    "JAX_COMPILATION_CACHE_MAX_SIZE": ("jax_compilation_cache_max_size", int),
+}
+
+
+def apply_environment(env: Mapping[str, str]) -> None:
+    """Take on environment variables as if they had been set before JAX was imported.
+
+    Allocator and visible-device variables are read when the backend starts, so setting them is
+    enough; JAX's own options were read at import and are updated in its config.
+    """
+    os.environ.update(env)
+    if "jax" not in sys.modules:
+        return
+    import jax
+
+    for var, (option, convert) in _IMPORT_TIME_OPTIONS.items():
+        if var in env:
+            jax.config.update(option, convert(env[var]))
+
+
+def _needs_lease(settings: Mapping[str, Any]) -> bool:
+    """A device count, or accelerator ids: only the kernel can lease them, to a new worker."""
+    devices = settings.get("devices")
+    if isinstance(devices, int):
+        return True
+    return isinstance(devices, list) and (settings.get("platform") or STATE.host_platform) != "cpu"
 
 
 def _caller_namespace(depth: int = 2) -> dict[str, Any]:
@@ -155,7 +196,9 @@ def _conflicts(settings: Mapping[str, Any]) -> list[str]:
         count = len(jax.devices("cpu"))
         if count != settings["host_device_count"]:
             out.append(f"host_device_count {count} -> {settings['host_device_count']}")
-    if settings.get("devices") is not None and (settings.get("platform") or platform) != "cpu":
+    if isinstance(settings.get("devices"), int) or (
+        settings.get("devices") is not None and (settings.get("platform") or platform) != "cpu"
+    ):
         if settings["devices"] != STATE.applied.get("devices", [d.id for d in jax.devices()]):
             out.append(f"devices -> {settings['devices']}")
     for key, var, read in (
@@ -233,6 +276,10 @@ def _check_devices(settings: Mapping[str, Any]) -> None:
     devices = settings.get("devices")
     if devices is None:
         return
+    if isinstance(devices, int):
+        if len(jax.devices()) < devices:
+            raise JaxLoadError(f"{devices} devices asked for; present: {_present()}")
+        return
     present = [d.id for d in jax.devices()]
     missing = [d for d in devices if d not in present] if _platform() == "cpu" else []
     if _platform() != "cpu" and len(jax.devices()) < len(devices):
@@ -247,6 +294,13 @@ def _check_devices(settings: Mapping[str, Any]) -> None:
 def load(settings: Mapping[str, Any]) -> JaxInfo:
     """load_jax_library's work, on already-validated settings."""
     settings = dict(settings)
+    if STATE.in_worker and _needs_lease(settings) and settings["devices"] != STATE.applied.get("devices"):
+        # Devices are leased by the kernel (so that kernels on one host do not collide) and pinned
+        # before JAX starts: a worker cannot take them itself.
+        raise JaxRestartRequired(
+            {**STATE.applied, **settings},
+            f"devices {settings['devices']!r} are leased by the kernel and given to a new worker",
+        )
     if backend_started():
         if settings.get("devices") is not None and not settings.get("platform"):
             settings["platform"] = _platform()
@@ -375,6 +429,7 @@ def jax_info() -> JaxInfo:
         x64=bool(jax.config.jax_enable_x64),
         compilation_cache_dir=jax.config.jax_compilation_cache_dir,
         matmul_precision=jax.config.jax_default_matmul_precision,
+        **({"lease": STATE.lease} if STATE.lease else {}),
         devices=devices,
     )
 

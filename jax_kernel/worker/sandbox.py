@@ -236,6 +236,16 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
         except Unavailable as e:
             report.unavailable(f"readonly:{path}", str(e))
     policy["readonly_done"] = readonly
+    # A writable path the policy names inside a read-only one (the compilation cache under ~/.cache
+    # when the notebooks live in ~) gets a writable bind of its own on top.
+    for path in policy.get("fs", {}).get("writable", []):
+        real = os.path.realpath(path)
+        if os.path.isdir(real) and any(real.startswith(ro.rstrip("/") + "/") for ro in readonly):
+            try:
+                _mount(real, real, None, MS_BIND | MS_REC)
+                _mount(None, real, None, MS_REMOUNT | MS_BIND)
+            except Unavailable as e:
+                report.unavailable(f"writable:{real}", str(e))
     mask_file = policy.get("fs", {}).get("mask_file")
     for path in policy.get("fs", {}).get("hidden", []):
         real = os.path.realpath(path)

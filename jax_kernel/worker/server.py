@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import getpass
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -59,9 +60,8 @@ class WorkerServer:
         jaxdisplay.register(self.shell)
         self.compile_notice = compile_notice.install(conn.send)
         sandbox.register_magic(self.shell)
-        self.shell.execution_count = int(config.get("execution_count", 1))
         self.shell.user_ns.update(config.get("user_ns", {}))
-        jax_ops.configure(config)
+        self._configure(config)
         builtins.input = self.raw_input
         getpass.getpass = self.getpass
 
@@ -86,6 +86,37 @@ class WorkerServer:
             "jax_program": self.do_jax,
         }
 
+    def _configure(self, config: dict[str, Any]) -> None:
+        """What the kernel decides per job: numbering, output budget, JAX settings, cores."""
+        self.shell.execution_count = int(config.get("execution_count", 1))
+        self.budget.reset(int(config.get("output_limit", self.budget.limit)))
+        jax_ops.configure(config)
+        cores = config.get("cpu_affinity")
+        if cores:
+            pin_cpus(cores)
+
+    def standby(self) -> bool:
+        """Warm up as the kernel's standby worker, then wait for a job; False if told to stop instead.
+
+        JAX is imported but its backend is not started, so the platform, devices and allocator
+        can still be chosen when the kernel activates us (restart, crash recovery, %load_jax).
+        """
+        import jax.numpy  # noqa: F401 - the first import of nearly every notebook
+
+        self.conn.send({"type": "standby", "pid": os.getpid(), "protocol": wire.PROTOCOL_VERSION})
+        while True:
+            try:
+                msg = self.conn.recv(timeout=None)
+            except EOFError:
+                return False
+            assert msg is not None
+            if msg["type"] == "activate":
+                jax_ops.apply_environment(msg.get("env") or {})
+                self._configure(msg.get("config") or {})
+                return True
+            if msg["type"] == "shutdown":
+                return False
+
     # plumbing ---------------------------------------------------------------
     def _send_output(self, msg: dict[str, Any]) -> None:
         self.conn.send(msg)
@@ -100,7 +131,7 @@ class WorkerServer:
         self.conn.send(
             {
                 "type": "ready",
-                "pid": __import__("os").getpid(),
+                "pid": os.getpid(),
                 "protocol": wire.PROTOCOL_VERSION,
                 "execution_count": self.shell.execution_count,
                 "python": sys.version.split()[0],
@@ -324,3 +355,22 @@ class WorkerServer:
     def do_shutdown(self, msg: dict[str, Any]) -> dict[str, Any]:
         self.running = False
         return {"status": "ok"}
+
+
+def pin_cpus(cores: list[int]) -> None:
+    """Keep every thread of this process (and the ones it starts later) on the leased cores.
+
+    Affinity is per thread and inherited at creation, so the threads that exist are set one by one.
+    """
+    wanted = {int(c) for c in cores}
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, wanted)
+        except OSError as e:
+            print(
+                f"[jax-kernel] could not pin thread {tid} to cores {sorted(wanted)}: {e}", file=sys.__stderr__
+            )
