@@ -1,6 +1,12 @@
 """``python -m jax_kernel`` starts the kernel; ``python -m jax_kernel install`` installs its spec."""
 
-from jax_kernel.app import launch_new_instance
+import os
 
 if __name__ == "__main__":
+    if os.environ.get("JAX_KERNEL_SPARE"):  # a spare for the next restart (jax_kernel.provisioner)
+        from jax_kernel.spare import wait_to_be_kernel
+
+        wait_to_be_kernel()
+    from jax_kernel.app import launch_new_instance
+
     launch_new_instance()

@@ -8,6 +8,8 @@ of raising ``KeyboardInterrupt`` in the kernel.
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import typing as t
 
@@ -18,6 +20,7 @@ from jupyter_core.paths import jupyter_config_path
 from traitlets import Type, default
 from traitlets.config import Application
 
+from .accelerators import Accelerators
 from .kernel import JaxKernel
 from .manager import WorkerManager
 from .sandbox import Sandbox
@@ -27,8 +30,9 @@ class JaxKernelApp(IPKernelApp):
     """Launches the ``jax`` kernel (``python -m jax_kernel -f CONNECTION_FILE``)."""
 
     name = "jax-kernel"  # reads jax_kernel_config.py
+    prepared_manager: WorkerManager | None = None  # made early by a spare kernel process
     description = "The jax-kernel Jupyter kernel: cells run in a supervised JAX worker process."
-    classes = [JaxKernel, WorkerManager, Sandbox, Session, ProfileDir]  # type: ignore[assignment]
+    classes = [JaxKernel, WorkerManager, Sandbox, Accelerators, Session, ProfileDir]  # type: ignore[assignment]
     kernel_class = Type(  # type: ignore[assignment]
         JaxKernel, klass="ipykernel.kernelbase.Kernel", help="The kernel class to launch."
     ).tag(config=True)
@@ -61,10 +65,35 @@ class JaxKernelApp(IPKernelApp):
         "install": ("jax_kernel.kernelspec.InstallJaxKernelSpecApp", "Install the jax kernelspec"),
     }
 
+    @classmethod
+    def prepare_spare(cls, argv: list[str]) -> None:
+        """In a spare kernel process: read the config the kernel will run with and start its
+        standby worker now, before any port is bound (see :mod:`jax_kernel.provisioner`)."""
+        app = cls.instance()
+        app.parse_command_line(argv)
+        Application.load_config_file(app, app.config_file_name, path=jupyter_config_path())
+        import ipykernel.debugger  # noqa: F401 - imported by the kernel's init otherwise: 0.14 s
+
+        app.prepared_manager = WorkerManager(config=app.config, log=app.log)
+        app.prepared_manager.prespawn()
+
     def load_config_file(self, *args: t.Any, **kwargs: t.Any) -> None:
         """Also read ``jax_kernel_config.py`` from Jupyter's config path, after IPython's profile."""
         super().load_config_file(*args, **kwargs)
         Application.load_config_file(self, self.config_file_name, path=jupyter_config_path())
+
+    def start(self) -> None:
+        """Run the kernel; once it has been shut down, clean up and exit at once.
+
+        Python's own exit first waits for ipykernel's channel threads to notice the end and then
+        tears down every module, a few hundred milliseconds that a frontend's restart waits for.
+        The atexit handlers (ipykernel's socket close, which flushes IOPub; no worker left behind;
+        the sandbox's cleanup) are all that matters, so they run, and the process ends.
+        """
+        super().start()
+        if self.subapp is None:
+            atexit._run_exitfuncs()
+            os._exit(0)
 
     def init_signal(self) -> None:
         """SIGINT (signal-mode interrupts, Ctrl-C) interrupts the worker's cell, never the kernel."""

@@ -72,7 +72,8 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
 
     @default("manager")
     def _default_manager(self) -> WorkerManager:
-        return WorkerManager(parent=self, log=self.log)
+        prepared = getattr(self.parent, "prepared_manager", None)  # a spare's, with its standby
+        return prepared if prepared is not None else WorkerManager(parent=self, log=self.log)
 
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
