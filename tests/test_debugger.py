@@ -238,6 +238,20 @@ def test_disconnect_stops_debugging(dbg: tuple[Kernel, Frontend]) -> None:
     assert dap("stackTrace", threadId=1)["success"] is False
 
 
+def test_restart_while_stopped(dbg: tuple[Kernel, Frontend]) -> None:
+    kernel, dap = dbg
+    dap.start()
+    dap.break_in(CELL, BREAK_LINE)
+    kernel.kc.execute(CELL)
+    dap.wait_event("stopped")
+    started = time.monotonic()
+    kernel.km.restart_kernel(now=False)
+    kernel.kc.wait_for_ready(timeout=60)
+    assert kernel.ok("1 + 1").of("execute_result")[0]["data"]["text/plain"] == "2"
+    assert time.monotonic() - started < 30
+    assert dap.ok("debugInfo")["body"]["isStarted"] is False  # a new kernel: the frontend starts it again
+
+
 def test_strict_sandbox_debugs_without_any_network() -> None:
     km, kc = start_kernel(extra_arguments=["--Sandbox.profile=strict"])
     try:
