@@ -19,6 +19,7 @@ from ipykernel.ipkernel import IPythonKernel
 from traitlets import Float, Instance, Integer, default
 
 from . import __version__, wire
+from .debug_relay import DebuggerRelay
 from .jax_messages import JaxEntryPoints
 from .manager import WorkerDied, WorkerError, WorkerManager
 
@@ -50,7 +51,7 @@ def _require(content: dict[str, t.Any], field: str, kind: type | tuple[type, ...
     return value
 
 
-class JaxKernel(JaxEntryPoints, IPythonKernel):
+class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
     """A Jupyter kernel that never runs user code itself: a worker process runs every cell."""
 
     implementation = "jax-kernel"
@@ -86,12 +87,13 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
         self.manager.output_handler = self._publish_output
         self.manager.problem_handler = self._publish_problem
         self.manager.input_handler = self._relay_input_request
-        self.manager.exit_handler = self._close_worker_comms
+        self.manager.exit_handler = self._worker_gone
         self._open_comms: dict[str, str] = {}  # comm_id -> target_name, as the frontend sees them
         for msg_type in wire.COMM_MSG_TYPES:
             self.shell_handlers[msg_type] = self._forward_comm
         atexit.register(self.manager.kill_now)
         self.register_jax_handlers()  # jax_load_request -> jax_load_reply, ...
+        self.init_debug_relay()  # debug_request -> the worker's pydevd; debug_event back
 
     def start(self) -> None:
         super().start()
@@ -123,8 +125,11 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
     @property
     def kernel_info(self) -> dict[str, t.Any]:
         info = super().kernel_info
-        # ipykernel's debugger and subshells would act on this process, which runs no user code.
-        info["supported_features"] = []
+        # ipykernel's own debugger and subshells would act on this process, which runs no user code:
+        # the debugger offered is the worker's (debug_relay.py).
+        debugger = self.debugger_unavailable() is None
+        info["supported_features"] = ["debugger"] if debugger else []
+        info["debugger"] = debugger
         info["sandbox"] = self.manager.sandbox.info()
         return info
 
@@ -146,15 +151,6 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
             "traceback": [],
         }
         self.session.send(socket, "create_subshell_reply", content, parent, ident)
-
-    async def do_debug_request(self, msg: dict[str, t.Any]) -> dict[str, t.Any]:
-        return {
-            "type": "response",
-            "request_seq": msg.get("seq"),
-            "success": False,
-            "command": msg.get("command"),
-            "message": "the debugger is not available in jax-kernel",
-        }
 
     # outputs from the worker -------------------------------------------------------
     def _publish(self, msg_type: str, content: dict[str, t.Any], **extra: t.Any) -> None:
@@ -216,6 +212,10 @@ class JaxKernel(JaxEntryPoints, IPythonKernel):
             )
         except WorkerError as e:
             self.log.warning("Worker could not handle %s: %s", msg_type, e)
+
+    def _worker_gone(self) -> None:
+        self._close_worker_comms()
+        self.debug_worker_gone()
 
     def _close_worker_comms(self) -> None:
         """A dead worker's comms are gone: tell the frontend, so no widget keeps accepting input."""

@@ -158,6 +158,7 @@ class WorkerManager(LoggingConfigurable):
         self.problem_handler: Callable[[str], None] = lambda text: None
         self.exit_handler: Callable[[], None] = lambda: None  # the current worker is gone
         self.input_handler: Callable[[dict[str, Any]], None] = lambda msg: None
+        self.debug_event_handler: Callable[[dict[str, Any]], None] = lambda event: None
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[WorkerProcess, asyncio.Future[dict[str, Any]], str]] = {}
         self._grace_timers: set[int] = set()  # requests whose interrupt grace period is running
@@ -510,9 +511,11 @@ class WorkerManager(LoggingConfigurable):
     # callbacks from the worker's threads (on the loop) -----------------------------
     def _on_message(self, worker: WorkerProcess, msg: dict[str, Any]) -> None:
         kind = msg["type"]
-        if kind == "reply":
+        if kind in ("reply", "debug_reply"):
+            # A debug reply arrives while the cell it stopped is still in flight: it has its own id.
             entry = self._pending.get(msg["id"])
-            if entry is not None and entry[0] is worker and not entry[1].done():
+            matches = entry is not None and (entry[2] == "debug") == (kind == "debug_reply")
+            if matches and entry[0] is worker and not entry[1].done():
                 entry[1].set_result(msg["content"])
         elif kind == "ready":
             if msg["protocol"] != wire.PROTOCOL_VERSION:
@@ -526,6 +529,8 @@ class WorkerManager(LoggingConfigurable):
         elif worker is self.worker:
             if kind == "input_request":
                 self.input_handler(msg)
+            elif kind == "debug_event":
+                self.debug_event_handler(msg["content"])
             else:
                 self.output_handler(msg)
 

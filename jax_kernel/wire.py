@@ -44,6 +44,9 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "input_request": {"prompt": str, "password": bool},
     "reply": {"id": int, "content": dict},
     "comm": {"msg_type": str, "content": dict, "metadata": dict, "buffers": list},
+    # The debugger: a DAP response to one "debug" request, and a DAP event (stopped, continued, ...).
+    "debug_reply": {"id": int, "content": dict},
+    "debug_event": {"content": dict},
 }
 
 OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -70,6 +73,7 @@ KERNEL_REQUESTS = frozenset(
         "activate",
         "comm",
         "comm_info",
+        "debug",  # content: one DAP request from the frontend's debug_request
     }
     | JAX_REQUESTS
 )
@@ -136,7 +140,55 @@ def validate_worker_message(msg: dict[str, Any]) -> dict[str, Any]:
         raise WireError("traceback entries must be strings")
     if msg["type"] == "comm":
         _check_comm(msg)
+    if msg["type"] in ("debug_reply", "debug_event"):
+        msg["content"] = check_dap(msg["content"], "response" if msg["type"] == "debug_reply" else "event")
     return msg
+
+
+#: Largest DAP message (as JSON) either side passes on: a variables listing of a huge
+#: namespace is cut by the debugger long before this.
+MAX_DAP_BYTES = 4 * 1024 * 1024
+
+#: The fields of a DAP response and of a DAP event, with their types; anything else
+#: (pydevd adds its own) is dropped before the message reaches a frontend.
+DAP_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "response": {
+        "seq": int,
+        "request_seq": int,
+        "success": bool,
+        "command": str,
+        "message": str,
+        "body": dict,
+    },
+    "event": {"seq": int, "event": str, "body": dict},
+}
+_DAP_REQUIRED = {"response": ("command", "success"), "event": ("event",)}
+
+
+def check_dap(content: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A validated copy of one DAP response or event: known fields only, each of the right type.
+
+    Raises WireError for a message of another kind, a missing or mistyped field, or one
+    larger than :data:`MAX_DAP_BYTES`."""
+    if content.get("type") != kind:
+        raise WireError(f"debug message is not a DAP {kind}")
+    clean: dict[str, Any] = {"type": kind}
+    for field, ftype in DAP_FIELDS[kind].items():
+        if field not in content:
+            if field in _DAP_REQUIRED[kind]:
+                raise WireError(f"DAP {kind} lacks field {field!r}")
+            continue
+        value = content[field]
+        if isinstance(value, bool) is not (ftype is bool) or not isinstance(value, ftype):
+            raise WireError(f"field {field!r} of a DAP {kind} has type {type(value).__name__}")
+        clean[field] = value
+    try:
+        size = len(json.dumps(clean, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        raise WireError(f"DAP {kind} is not plain JSON") from None
+    if size > MAX_DAP_BYTES:
+        raise WireError(f"DAP {kind} of {size} bytes exceeds the {MAX_DAP_BYTES}-byte limit")
+    return clean
 
 
 COMM_MSG_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import importhooks
+from .threads import service_thread
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 MONITORING_MODULE = "jax._src.monitoring"
@@ -70,8 +71,7 @@ class CompileNotice:
     # the line -----------------------------------------------------------------------
     def _ensure_thread(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="jax-kernel-compile-notice", daemon=True)
-            self._thread.start()
+            self._thread = service_thread(self._watch, "jax-kernel-compile-notice")
 
     def _watch(self) -> None:
         while True:

@@ -24,7 +24,8 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import comms, compile_notice, importhooks, jax_ops, jaxdisplay, sandbox
+from . import cellnames, comms, compile_notice, importhooks, jax_ops, jaxdisplay, sandbox
+from .inbox import Inbox
 from .jsonable import jsonable
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
@@ -55,6 +56,8 @@ class WorkerServer:
         history_file = (config.get("sandbox") or {}).get("history_file")
         if history_file:  # the IPython profile dir is read-only in the sandbox
             shell_config.HistoryManager.hist_file = history_file
+        # Cells are compiled under names a debugger frontend can compute (see cellnames).
+        cellnames.NAMES = cellnames.CellNames(int(config.get("parent_pid", 0)))
         self.shell = WorkerShell.instance(send=self._send_output, config=shell_config)
         self.comm_manager = comms.install(conn.send)
         jaxdisplay.register(self.shell)
@@ -70,6 +73,7 @@ class WorkerServer:
         self.pending_interrupt = False
         self.running = True
         signal.signal(signal.SIGINT, self._on_sigint)
+        self.inbox = Inbox(conn, self._on_debug_request)
 
         self.handlers = {
             "execute": self.do_execute,
@@ -121,6 +125,12 @@ class WorkerServer:
     def _send_output(self, msg: dict[str, Any]) -> None:
         self.conn.send(msg)
 
+    def _on_debug_request(self, msg: dict[str, Any]) -> None:
+        """On the wire reader's thread: the debugger serves it even while a cell runs or is stopped."""
+        from . import debugger  # debugpy itself is imported only by the first initialize
+
+        debugger.session(self.conn.send, self.shell, cellnames.NAMES).submit(msg)
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self.interruptible:
             raise KeyboardInterrupt
@@ -140,10 +150,11 @@ class WorkerServer:
         )
         while self.running:
             try:
-                msg = self.conn.recv(timeout=None)
+                msg = self.inbox.get()
             except EOFError:
                 break
-            assert msg is not None
+            if msg is None:
+                continue
             handler = self.handlers.get(msg["type"])
             if handler is None:
                 continue  # a stale input_reply after an interrupted input(), for one
@@ -173,7 +184,7 @@ class WorkerServer:
                 if self.pending_interrupt:
                     self.pending_interrupt = False
                     raise KeyboardInterrupt("Interrupted by user")
-                msg = self.conn.recv(timeout=0.1)
+                msg = self.inbox.get(timeout=0.1)
                 if msg is not None and msg["type"] == "input_reply":
                     break
         finally:
@@ -198,6 +209,9 @@ class WorkerServer:
         self.allow_stdin = bool(msg.get("allow_stdin", False))
         self.pending_interrupt = False
         self.compile_notice.cell_started(float(msg.get("compile_notice_after", 2.0)))
+        debugger = sys.modules.get("jax_kernel.worker.debugger")  # loaded by the first debug request
+        if debugger is not None:
+            debugger.ensure_tracing()
         self.interruptible = True
         try:
             res = shell.run_cell(

@@ -19,6 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Any as AnyTrait
 from traitlets import Type
 
+from .cellnames import CellCompiler
 from .jsonable import jsonable
 
 Send = Callable[[dict[str, Any]], None]
@@ -100,6 +101,7 @@ class WorkerShell(InteractiveShell):
     """InteractiveShell whose outputs, errors and pager go over the kernel <-> worker wire."""
 
     displayhook_class = Type(WorkerDisplayHook)
+    compiler_class = Type(CellCompiler)  # cell file names a debugger frontend can compute
     display_pub_class = Type(WorkerDisplayPublisher)
     send = AnyTrait(help="Callable sending one wire message to the kernel.")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import wire
 from ..budget import OutputBudget
+from .threads import service_thread
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -84,8 +85,7 @@ class OutStream(io.TextIOBase):
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._flusher, name=f"{self.name}-flusher", daemon=True)
-            self._thread.start()
+            self._thread = service_thread(self._flusher, f"{self.name}-flusher")
 
     def _flusher(self) -> None:
         with self._cond:
@@ -121,8 +121,7 @@ class FdCapture:
             os.close(w)
             self._pipes[r] = fd
             self._decoders[r] = codecs.getincrementaldecoder("utf-8")("replace")
-        self._thread = threading.Thread(target=self._relay, name="fd-capture", daemon=True)
-        self._thread.start()
+        self._thread = service_thread(self._relay, "fd-capture")
 
     def _read(self, r: int) -> bool:
         try:

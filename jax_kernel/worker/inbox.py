@@ -1,0 +1,56 @@
+"""The worker's reading end of the wire, on a thread: the main thread may be busy in a cell.
+
+Most requests wait in a queue for the main thread, which serves them one at a time as
+before.  A ``debug`` request can't wait: while a cell is stopped at a breakpoint, the
+main thread is the one stopped, and the frontend's stackTrace or continue must still get
+through.  So the reader hands those to the debugger at once.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from typing import Any
+
+from .. import wire
+from .threads import service_thread
+
+
+class Inbox:
+    """Reads every frame from the kernel; :meth:`get` returns the ones for the main thread."""
+
+    def __init__(self, conn: wire.Connection, on_debug: Callable[[dict[str, Any]], None]) -> None:
+        self._conn = conn
+        self._on_debug = on_debug
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._closed = False
+        service_thread(self._read, "jax-kernel-wire-reader")
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv(timeout=None)
+            except wire.WireError:
+                continue  # the kernel sent something unreadable: skip it rather than stop listening
+            except (EOFError, OSError):
+                self._queue.put(None)
+                return
+            if msg is None:
+                continue
+            if msg["type"] == "debug":
+                self._on_debug(msg)
+            else:
+                self._queue.put(msg)
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next request for the main thread; None on timeout; EOFError once the kernel is gone."""
+        if self._closed:
+            raise EOFError("connection closed")
+        try:
+            msg = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if msg is None:
+            self._closed = True
+            raise EOFError("connection closed")
+        return msg
