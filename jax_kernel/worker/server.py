@@ -110,10 +110,11 @@ class WorkerServer:
         self.conn.send({"type": "standby", "pid": os.getpid(), "protocol": wire.PROTOCOL_VERSION})
         while True:
             try:
-                msg = self.conn.recv(timeout=None)
+                msg = self.inbox.get()
             except EOFError:
                 return False
-            assert msg is not None
+            if msg is None:
+                continue
             if msg["type"] == "activate":
                 jax_ops.apply_environment(msg.get("env") or {})
                 self._configure(msg.get("config") or {})
