@@ -3,6 +3,10 @@
 SIGINT raises ``KeyboardInterrupt`` only while user code runs.  Anywhere else (waiting
 for a request, sending a reply, waiting for an ``input_reply``) it is recorded and acted
 on at a safe point, so an interrupt can never tear a frame or lose a reply.
+
+A reader thread takes every frame off the wire.  Requests the kernel needs answered while a
+cell runs (``wire.CONCURRENT_REQUESTS``: resource usage) go to a thread of their own; the
+rest queue, in order, for the main thread, which runs user code.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import builtins
 import getpass
 import importlib
+import queue
 import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -23,7 +29,7 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import comms, compile_notice, importhooks, jax_ops, jaxdisplay, sandbox
+from . import comms, compile_notice, importhooks, jax_ops, jaxdisplay, memory, sandbox
 from .jsonable import jsonable
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
@@ -65,6 +71,9 @@ class WorkerServer:
         builtins.input = self.raw_input
         getpass.getpass = self.getpass
 
+        self.inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()  # None: the kernel is gone
+        self.concurrent: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.concurrent_handlers = {"usage": lambda msg: memory.device_memory()}
         self.allow_stdin = False
         self.interruptible = False
         self.pending_interrupt = False
@@ -107,25 +116,48 @@ class WorkerServer:
                 "sandbox": sandbox.REPORT,
             }
         )
+        threading.Thread(target=self._read_wire, name="jax-kernel-wire", daemon=True).start()
+        threading.Thread(target=self._serve_concurrent, name="jax-kernel-usage", daemon=True).start()
         while self.running:
-            try:
-                msg = self.conn.recv(timeout=None)
-            except EOFError:
+            msg = self.inbox.get()
+            if msg is None:
                 break
-            assert msg is not None
             handler = self.handlers.get(msg["type"])
             if handler is None:
                 continue  # a stale input_reply after an interrupted input(), for one
+            self._answer(handler, msg)
+
+    def _answer(self, handler: Any, msg: dict[str, Any]) -> None:
+        try:
+            content = handler(msg)
+        except BaseException as e:  # noqa: BLE001 - a request must always get a reply
+            content = {
+                "status": "error",
+                "ename": type(e).__name__,
+                "evalue": str(e),
+                "traceback": traceback.format_exception(e),
+            }
+        self.conn.send({"type": "reply", "id": msg["id"], "content": jsonable(content)})
+
+    def _read_wire(self) -> None:
+        """Reader thread: route each request to the main thread or the concurrent one."""
+        while True:
             try:
-                content = handler(msg)
-            except BaseException as e:  # noqa: BLE001 - a request must always get a reply
-                content = {
-                    "status": "error",
-                    "ename": type(e).__name__,
-                    "evalue": str(e),
-                    "traceback": traceback.format_exception(e),
-                }
-            self.conn.send({"type": "reply", "id": msg["id"], "content": jsonable(content)})
+                msg = self.conn.recv(timeout=None)
+            except (EOFError, OSError):
+                break
+            except wire.WireError as e:  # the kernel sent something it should not have: skip it
+                print(f"jax-kernel: dropped a bad frame from the kernel: {e}", file=sys.__stderr__)
+                continue
+            assert msg is not None
+            (self.concurrent if msg["type"] in wire.CONCURRENT_REQUESTS else self.inbox).put(msg)
+        self.inbox.put(None)
+
+    def _serve_concurrent(self) -> None:
+        """Answer requests that must not wait for the running cell (they never run user code)."""
+        while True:
+            msg = self.concurrent.get()
+            self._answer(self.concurrent_handlers[msg["type"]], msg)
 
     # stdin ------------------------------------------------------------------
     def _input_request(self, prompt: str, password: bool) -> str:
@@ -142,8 +174,14 @@ class WorkerServer:
                 if self.pending_interrupt:
                     self.pending_interrupt = False
                     raise KeyboardInterrupt("Interrupted by user")
-                msg = self.conn.recv(timeout=0.1)
-                if msg is not None and msg["type"] == "input_reply":
+                try:
+                    msg = self.inbox.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if msg is None:
+                    self.inbox.put(None)  # for the request loop, which ends on it
+                    raise EOFError("the kernel is gone")
+                if msg["type"] == "input_reply":
                     break
         finally:
             self.interruptible = True
