@@ -1,4 +1,4 @@
-"""Resource usage: ``usage_request`` reports the worker, where the user's memory is.
+"""Resource usage: ``usage_request`` reports the worker (where the user's memory is), and ``%jax_memory``.
 
 Driven through jupyter_client as jupyter-resource-usage's "Kernel usage" panel drives it: a
 ``usage_request`` on the control channel, answered by ``usage_reply``.
@@ -99,14 +99,32 @@ def test_a_worker_that_answers_badly_or_late_costs_only_the_device_part(kernel: 
     assert usage(kernel.kc)["devices_status"] in ("ok", "jax_not_started")
 
 
-def test_usage_never_starts_jax(fresh_kernel: Kernel) -> None:
+def test_usage_and_jax_memory_never_start_jax(fresh_kernel: Kernel) -> None:
     assert usage(fresh_kernel.kc)["devices_status"] in ("jax_not_started", "unavailable")
+    out = fresh_kernel.ok("%jax_memory").of("display_data")[0]["data"]["text/plain"]
+    assert "JAX has not started" in out and "host RSS" in out
     res = fresh_kernel.ok("import sys\n'jax' in sys.modules")
     assert res.of("execute_result")[0]["data"]["text/plain"] == "False"
     fresh_kernel.ok("import jax")  # imported, but no backend yet
     assert usage(fresh_kernel.kc)["devices_status"] == "jax_not_started"
+    fresh_kernel.ok("%jax_memory")
     res = fresh_kernel.ok("from jax._src import xla_bridge\nxla_bridge.backends_are_initialized()")
     assert res.of("execute_result")[0]["data"]["text/plain"] == "False"
+
+
+def test_jax_memory_shows_live_arrays_and_rss(kernel: Kernel) -> None:
+    kernel.ok("import jax.numpy as jnp\n_mem_probe, _mem_small = jnp.zeros((256, 1024)), jnp.ones(3)")
+    try:
+        (shown,) = kernel.ok("%jax_memory --top 50").of("display_data")
+        text, page = shown["data"]["text/plain"], shown["data"]["text/html"]
+        assert "(256, 1024)" in text and "float32" in text and "1.0 MiB" in text
+        assert "host RSS" in text and "MiB" in text.split("host RSS")[1]
+        assert "keep no memory statistics" in text  # CPU: memory_stats() is None, and it says so
+        assert "<table>" in page and "(256, 1024)" in page
+        top1 = kernel.ok("%jax_memory --top 1").of("display_data")[0]["data"]["text/plain"]
+        assert "the 1 largest shown" in top1
+    finally:
+        kernel.ok("del _mem_probe, _mem_small")
 
 
 GPU = {
