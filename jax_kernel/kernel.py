@@ -18,7 +18,7 @@ import zmq
 from ipykernel.ipkernel import IPythonKernel
 from traitlets import Float, Instance, Integer, default
 
-from . import __version__, wire
+from . import __version__, usage, wire
 from .debug_relay import DebuggerRelay
 from .jax_messages import JaxEntryPoints
 from .manager import WorkerDied, WorkerError, WorkerManager
@@ -69,6 +69,12 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         "line (removed when the compile or the cell ends); 0 turns the line off.",
     ).tag(config=True)
 
+    usage_timeout = Float(
+        1.0,
+        help="Seconds a usage_request waits for the worker's device memory figures; past that the reply "
+        "has the worker's CPU and memory without them (a busy worker must not stall a status bar).",
+    ).tag(config=True)
+
     manager = Instance(WorkerManager)
 
     @default("manager")
@@ -88,6 +94,7 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         self.manager.problem_handler = self._publish_problem
         self.manager.input_handler = self._relay_input_request
         self.manager.exit_handler = self._worker_gone
+        self._usage_probe = usage.UsageProbe()
         self._open_comms: dict[str, str] = {}  # comm_id -> target_name, as the frontend sees them
         for msg_type in wire.COMM_MSG_TYPES:
             self.shell_handlers[msg_type] = self._forward_comm
@@ -151,6 +158,31 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
             "traceback": [],
         }
         self.session.send(socket, "create_subshell_reply", content, parent, ident)
+
+    async def usage_request(self, stream: t.Any, ident: t.Any, parent: t.Any) -> None:
+        """The worker's CPU and memory (the user's memory lives there, not here) and its devices'.
+
+        Runs on the control thread: the question to the worker goes through the manager's loop,
+        and the psutil figures are read while it is out.
+        """
+        worker, loop = self.manager.worker, self.manager.loop
+        asked = None
+        if loop is not None and not loop.is_closed():
+            asked = asyncio.run_coroutine_threadsafe(
+                self.manager.request_if_ready("usage", {}, self.usage_timeout), loop
+            )
+        content = usage.reply_content(self._usage_probe, worker.pid if worker is not None else None)
+        answer = None
+        if asked is not None:
+            try:
+                answer = await asyncio.wait_for(asyncio.wrap_future(asked), self.usage_timeout + 0.5)
+            except TimeoutError:
+                asked.cancel()
+        devices, problem = usage.device_part(answer)
+        if problem:
+            self.log.warning("Ignoring the worker's device figures: %s", problem)
+        content.update(devices)
+        self.session.send(stream, "usage_reply", content, parent, ident)
 
     # outputs from the worker -------------------------------------------------------
     def _publish(self, msg_type: str, content: dict[str, t.Any], **extra: t.Any) -> None:

@@ -447,6 +447,34 @@ class WorkerManager(LoggingConfigurable):
             if watchdog is not None:
                 watchdog.cancel()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the manager runs on; other threads reach it with run_coroutine_threadsafe."""
+        return self._loop
+
+    async def request_if_ready(
+        self, kind: str, content: dict[str, Any], timeout: float
+    ) -> dict[str, Any] | None:
+        """A quick question for the current worker that must never wait on a start or a slow worker.
+
+        None, at once, if no worker is ready; None too if it dies or does not answer within
+        ``timeout``.  For requests the worker answers beside a running cell (resource usage).
+        """
+        worker = self.worker
+        if worker is None or not worker.ready.done() or worker.ready.exception() is not None:
+            return None
+        req_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = (worker, fut, kind)
+        try:
+            if not worker.send({"type": kind, "id": req_id, **content}):
+                return None
+            return await asyncio.wait_for(fut, timeout)
+        except (TimeoutError, WorkerError):
+            return None
+        finally:
+            self._pending.pop(req_id, None)
+
     async def _cpu_watchdog(self, worker: WorkerProcess, fut: asyncio.Future[Any], limit: float) -> None:
         """Kill the worker once the cell has used ``limit`` CPU seconds (all threads together).
 

@@ -60,8 +60,14 @@ CELLS = {
         "spin(jnp.zeros(4)).block_until_ready()"
     ),
     "after_restart": "'slider' in globals()",
+    "usage_pid": "import os\nos.getpid()",
+    "usage_alloc": "import numpy as np\nusage_block = np.ones(40_000_000)  # 320 MB, every page touched\nusage_block.nbytes",
 }
 ORDER = list(CELLS)
+
+
+#: jupyter-resource-usage's units: binary, as its labels use them.
+UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 
 
 def _free_port() -> int:
@@ -295,3 +301,51 @@ def test_restart_button_gives_a_fresh_worker(page: Any) -> None:
     out = run(page, "after_restart").locator(".jp-OutputArea-output")
     playwright_api.expect(out).to_contain_text("False")
     shot(page, "restart")
+
+
+def _bytes(text: str, label: str) -> int:
+    """The figure after ``label`` in jupyter-resource-usage's text ("Memory: 123.45 MB"), in bytes."""
+    m = re.search(re.escape(label) + r"\s*([\d.]+)\s*(?:/\s*[\d.]+\s*)?([KMGT]?B)\b", text)
+    assert m is not None, f"no {label!r} figure in {text!r}"
+    return int(float(m.group(1)) * UNITS[m.group(2)])
+
+
+def _wait_for(read: Any, check: Any, what: str, timeout: float = 30.0) -> Any:
+    """Poll read() until check(value) holds; both jupyter-resource-usage views refresh every 5 s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if check(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value!r} after {timeout:g} s")
+        time.sleep(0.5)
+
+
+def test_resource_usage_shows_the_worker_memory(page: Any) -> None:
+    """jupyter-resource-usage's Kernel usage panel shows usage_reply: the worker's pid and memory.
+
+    Its status bar "Mem:" is the Jupyter server's process tree (kernels and their workers are in
+    it), not a per-kernel figure; it must grow with the worker too.
+    """
+    pid = run(page, "usage_pid").locator(".jp-OutputArea-output").inner_text().strip()
+    assert pid.isdigit(), pid
+    page.locator(".jp-SideBar.jp-mod-right [data-id='kernelusage-panel-id']").click()
+    panel = page.locator(".jp-KernelUsage-view")
+    playwright_api.expect(panel).to_contain_text(f"Process ID: {pid}", timeout=30_000)
+    status = page.locator(".jp-StatusBar-Widget")
+    playwright_api.expect(status).to_contain_text("Mem:")
+    panel_before = _bytes(panel.inner_text(), "Memory:")
+    status_before = _bytes(status.inner_text(), "Mem:")
+    run(page, "usage_alloc")
+    _wait_for(
+        lambda: _bytes(panel.inner_text(), "Memory:"),
+        lambda n: n - panel_before >= 250 * UNITS["MB"],
+        "the Kernel usage panel's memory after a 320 MB array",
+    )
+    shot(page, "resource_usage")
+    _wait_for(
+        lambda: _bytes(status.inner_text(), "Mem:"),
+        lambda n: n - status_before >= 250 * UNITS["MB"],
+        "the status bar's memory after a 320 MB array",
+    )

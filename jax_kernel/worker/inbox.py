@@ -1,9 +1,10 @@
 """The worker's reading end of the wire, on a thread: the main thread may be busy in a cell.
 
 Most requests wait in a queue for the main thread, which serves them one at a time as
-before.  A ``debug`` request can't wait: while a cell is stopped at a breakpoint, the
-main thread is the one stopped, and the frontend's stackTrace or continue must still get
-through.  So the reader hands those to the debugger at once.
+before.  Some can't wait: while a cell is stopped at a breakpoint, the main thread is the
+one stopped, and the frontend's stackTrace or continue must still get through; a resource
+usage poll must be answered while a cell runs.  The reader hands those to their own
+handlers at once.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from .threads import service_thread
 class Inbox:
     """Reads every frame from the kernel; :meth:`get` returns the ones for the main thread."""
 
-    def __init__(self, conn: wire.Connection, on_debug: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, conn: wire.Connection, routes: dict[str, Callable[[dict[str, Any]], None]]) -> None:
+        """``routes``: request types handed to a callable on this thread instead of the queue."""
         self._conn = conn
-        self._on_debug = on_debug
+        self._routes = routes
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._closed = False
         service_thread(self._read, "jax-kernel-wire-reader")
@@ -37,8 +39,9 @@ class Inbox:
                 return
             if msg is None:
                 continue
-            if msg["type"] == "debug":
-                self._on_debug(msg)
+            route = self._routes.get(msg["type"])
+            if route is not None:
+                route(msg)
             else:
                 self._queue.put(msg)
 

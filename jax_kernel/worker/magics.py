@@ -1,4 +1,5 @@
-"""``%load_jax``, ``%jax``, ``%jax_program`` and ``%jax_export``: the entry points for notebook users.
+"""``%load_jax``, ``%jax``, ``%jax_program``, ``%jax_export`` and ``%jax_memory``: the entry points for
+notebook users.
 
 A magic line is ``POSITIONALS ... [--flags]``.  Positionals are taken verbatim up to the
 first known ``--flag`` so that argument lists keep their Python source (``xs, -1.0``,
@@ -19,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class, no_var_expand
 from IPython.display import display
 
-from . import jax_ops
+from . import jax_ops, memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,3 +212,19 @@ class JaxMagics(Magics):
         ns = p.parse_args(flags)
         data = jax_ops.export_program(function, args, ns.out, ns.platforms, ns.vjp_order, self.shell.user_ns)
         print(f"wrote {len(data):,} bytes to {ns.out}")
+
+    @line_magic
+    def jax_memory(self, line: str) -> None:
+        """Show where the worker's memory is: per device, by live array, and the process' RSS.
+
+        %jax_memory [--top N]
+
+        Devices: bytes in use, peak and limit from device.memory_stats() (CPU devices keep none),
+        and the bytes of live arrays on each.  Live arrays: the N largest (default 10) with shape,
+        dtype and devices.  JAX is not started for this: before it runs, only the RSS is shown.
+        """
+        p = _Parser(prog="jax_memory", add_help=False)
+        p.add_argument("--top", type=int, default=memory.DEFAULT_TOP)
+        ns = p.parse_args(shlex.split(line))
+        report = memory.memory_report(max(ns.top, 0))
+        display({"text/plain": memory.render_text(report), "text/html": memory.render_html(report)}, raw=True)

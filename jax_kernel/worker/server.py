@@ -3,6 +3,10 @@
 SIGINT raises ``KeyboardInterrupt`` only while user code runs.  Anywhere else (waiting
 for a request, sending a reply, waiting for an ``input_reply``) it is recorded and acted
 on at a safe point, so an interrupt can never tear a frame or lose a reply.
+
+A reader thread takes every frame off the wire.  Requests the kernel needs answered while a
+cell runs (``wire.CONCURRENT_REQUESTS``: resource usage) go to a thread of their own; the
+rest queue, in order, for the main thread, which runs user code.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import builtins
 import getpass
 import importlib
 import os
+import queue
 import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -24,7 +30,7 @@ from traitlets.config import Config
 
 from .. import wire
 from ..budget import OutputBudget
-from . import cellnames, comms, compile_notice, importhooks, jax_ops, jaxdisplay, sandbox
+from . import cellnames, comms, compile_notice, importhooks, jax_ops, jaxdisplay, memory, sandbox
 from .inbox import Inbox
 from .jsonable import jsonable
 from .shell import WorkerShell
@@ -68,12 +74,16 @@ class WorkerServer:
         builtins.input = self.raw_input
         getpass.getpass = self.getpass
 
+        self.concurrent: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.concurrent_handlers = {"usage": lambda msg: memory.device_memory()}
         self.allow_stdin = False
         self.interruptible = False
         self.pending_interrupt = False
         self.running = True
         signal.signal(signal.SIGINT, self._on_sigint)
-        self.inbox = Inbox(conn, self._on_debug_request)
+        routes: dict[str, Any] = {"debug": self._on_debug_request}
+        routes.update(dict.fromkeys(wire.CONCURRENT_REQUESTS, self.concurrent.put))
+        self.inbox = Inbox(conn, routes)
 
         self.handlers = {
             "execute": self.do_execute,
@@ -149,6 +159,7 @@ class WorkerServer:
                 "sandbox": sandbox.REPORT,
             }
         )
+        threading.Thread(target=self._serve_concurrent, name="jax-kernel-usage", daemon=True).start()
         while self.running:
             try:
                 msg = self.inbox.get()
@@ -159,16 +170,25 @@ class WorkerServer:
             handler = self.handlers.get(msg["type"])
             if handler is None:
                 continue  # a stale input_reply after an interrupted input(), for one
-            try:
-                content = handler(msg)
-            except BaseException as e:  # noqa: BLE001 - a request must always get a reply
-                content = {
-                    "status": "error",
-                    "ename": type(e).__name__,
-                    "evalue": str(e),
-                    "traceback": traceback.format_exception(e),
-                }
-            self.conn.send({"type": "reply", "id": msg["id"], "content": jsonable(content)})
+            self._answer(handler, msg)
+
+    def _answer(self, handler: Any, msg: dict[str, Any]) -> None:
+        try:
+            content = handler(msg)
+        except BaseException as e:  # noqa: BLE001 - a request must always get a reply
+            content = {
+                "status": "error",
+                "ename": type(e).__name__,
+                "evalue": str(e),
+                "traceback": traceback.format_exception(e),
+            }
+        self.conn.send({"type": "reply", "id": msg["id"], "content": jsonable(content)})
+
+    def _serve_concurrent(self) -> None:
+        """Answer requests that must not wait for the running cell (they never run user code)."""
+        while True:
+            msg = self.concurrent.get()
+            self._answer(self.concurrent_handlers[msg["type"]], msg)
 
     # stdin ------------------------------------------------------------------
     def _input_request(self, prompt: str, password: bool) -> str:
