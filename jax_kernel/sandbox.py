@@ -552,6 +552,14 @@ class Sandbox(LoggingConfigurable):
         clean = {k: v for k, v in env.items() if not any(fnmatch.fnmatchcase(k.upper(), p) for p in deny)}
         tmp = os.path.join(self.state_dir(), "tmp")
         clean.update(TMPDIR=tmp, TEMP=tmp, TMP=tmp)
+        # Tools' own caches go to the worker's temp dir: jedi and parso keep pickles there that
+        # the user's editor would load outside any sandbox, and ~/.cache is read-only anyway
+        # (jedi's completions fail when it cannot make its dir).  Matplotlib's font cache is
+        # plain JSON and slow to rebuild, so it stays shared.
+        clean["XDG_CACHE_HOME"] = os.path.join(tmp, "cache")
+        mpl = self._matplotlib_cache()
+        if mpl:
+            clean["MPLCONFIGDIR"] = mpl
         if self.accelerators == "none":
             clean["CUDA_VISIBLE_DEVICES"] = ""
             clean.setdefault("JAX_PLATFORMS", "cpu")
