@@ -339,8 +339,8 @@ def test_resource_usage_shows_the_worker_memory(page: Any) -> None:
     run(page, "usage_alloc")
     _wait_for(
         lambda: _bytes(panel.inner_text(), "Memory:"),
-        lambda n: n - panel_before >= 250 * UNITS["MB"],
-        "the Kernel usage panel's memory after a 320 MB array",
+        lambda n: n - panel_before >= 200 * UNITS["MB"],  # PSS: other pages come and go meanwhile
+        f"the Kernel usage panel's memory after a 320 MB array (it was {panel_before} before)",
     )
     shot(page, "resource_usage")
     # The status bar sums the server's whole process tree, where spare kernels and standby workers
