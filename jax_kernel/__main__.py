@@ -3,6 +3,9 @@
 import os
 
 if __name__ == "__main__":
+    # ipykernel's debugger module imports debugpy, whose pydevd prints a frozen-modules note to the
+    # server's log on every start; our debugger runs in the worker, which sets the same.
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     if os.environ.get("JAX_KERNEL_SPARE"):  # a spare for the next restart (jax_kernel.provisioner)
         from jax_kernel.spare import wait_to_be_kernel
 
