@@ -265,6 +265,12 @@ class Accelerators(LoggingConfigurable):
         )
 
     # what the worker gets -------------------------------------------------------------
+    def memory_cap(self) -> float:
+        """The most of a device's memory one worker may ask for: its share in 'shared' mode, else no cap (0)."""
+        if self.mode != "shared":
+            return 0.0
+        return self.memory_fraction or 0.9 / max(1, self.max_sharing)
+
     def memory_env(self, settings: Mapping[str, Any]) -> dict[str, str]:
         """The allocator variables a worker starts with: its own settings within this policy.
 
@@ -272,9 +278,9 @@ class Accelerators(LoggingConfigurable):
         by asking (JAX then ends an oversized allocation with RESOURCE_EXHAUSTED, in the cell).
         """
         env: dict[str, str] = {}
-        cap = self.memory_fraction or (0.9 / max(1, self.max_sharing) if self.mode == "shared" else 0.0)
-        fraction = settings.get("memory_fraction") or cap
-        if cap and self.mode == "shared":
+        cap = self.memory_cap()
+        fraction = settings.get("memory_fraction") or cap or self.memory_fraction
+        if cap:
             fraction = min(fraction, cap)
         if fraction:
             env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:g}"

@@ -168,6 +168,7 @@ class WorkerManager(LoggingConfigurable):
         self.starts = 0
         self.jax_overrides: dict[str, Any] = {}  # settings asked for by load_jax_library since start
         self.sandbox.check()  # a bad policy stops the kernel at start, not at the first cell
+        self.accelerators.memory_cap()  # and so does a bad device policy (read when first made)
         self.sandbox.protect_kernel()
 
     # life cycle -------------------------------------------------------------------
@@ -275,6 +276,7 @@ class WorkerManager(LoggingConfigurable):
             "execution_count": self.execution_count,
             "output_limit": self.stream_limit,
             "host_platform": self.accelerators.host_platform(),
+            "memory_cap": self.accelerators.memory_cap(),
         }
         if self.compilation_cache and "compilation_cache_dir" not in settings:
             env["JAX_COMPILATION_CACHE_DIR"] = self.compilation_cache_dir

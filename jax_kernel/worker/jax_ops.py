@@ -70,6 +70,7 @@ class _State:
     applied: dict[str, Any] = field(default_factory=dict)  # settings this process started JAX with
     host_platform: str = "cpu"  # what the kernel found on the host, to know which requests need a lease
     lease: str = ""  # the kernel's description of the devices it leased for this worker
+    memory_cap: float = 0.0  # the most memory_fraction the host's policy allows (0: no cap)
 
 
 STATE = _State()
@@ -85,6 +86,8 @@ def configure(config: Mapping[str, Any]) -> None:
         STATE.applied = {}
     STATE.host_platform = str(config.get("host_platform") or "cpu")
     STATE.lease = str(config.get("lease") or "")
+    cap = config.get("memory_cap")
+    STATE.memory_cap = float(cap) if isinstance(cap, (int, float)) and 0 < cap <= 1 else 0.0
 
 
 #: JAX options read from the environment at import, for a worker that imported JAX before it
@@ -294,6 +297,16 @@ def _check_devices(settings: Mapping[str, Any]) -> None:
 def load(settings: Mapping[str, Any]) -> JaxInfo:
     """load_jax_library's work, on already-validated settings."""
     settings = dict(settings)
+    fraction = settings.get("memory_fraction")
+    if STATE.memory_cap and fraction is not None and fraction > STATE.memory_cap:
+        # The kernel's environment holds the worker to its share anyway; say so, and do not restart
+        # for a setting it would not get.
+        print(
+            f"[jax-kernel] memory_fraction {fraction:g} is over this kernel's share of a shared device; "
+            f"using {STATE.memory_cap:g} (Accelerators.mode = 'shared')",
+            file=sys.stderr,
+        )
+        settings["memory_fraction"] = STATE.memory_cap
     if STATE.in_worker and _needs_lease(settings) and settings["devices"] != STATE.applied.get("devices"):
         # Devices are leased by the kernel (so that kernels on one host do not collide) and pinned
         # before JAX starts: a worker cannot take them itself.
