@@ -115,8 +115,9 @@ class Kernel:
 
     live: list[Kernel] = []  # every kernel not yet shut down, for the final cleanup
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, extra_arguments: Sequence[str] = ()) -> None:
         self.name = name
+        self.extra_arguments = list(extra_arguments)
         self.km = KernelManager(kernel_name=name)
         self.kc: BlockingKernelClient | None = None
         self.worker_pids: set[int] = set()
@@ -125,7 +126,7 @@ class Kernel:
 
     def start(self, timeout: float = 120.0) -> None:
         """Start the process, connect, and wait until shell and IOPub both answer."""
-        self.km.start_kernel()
+        self.km.start_kernel(extra_arguments=self.extra_arguments)
         kc = self.km.client()
         kc.start_channels()
         self.kc = kc
@@ -137,14 +138,16 @@ class Kernel:
         Why not ``kc.wait_for_ready()``: it ends by draining IOPub until 0.2 s of silence,
         which would add a fixed 0.2 s to every start-up number.  This version stops as soon
         as the IOPub subscription is proven to work (the idle status for our own request),
-        and re-asks if that status was lost to the subscription not being connected yet.
+        and re-asks if that status was lost to the subscription not being connected yet.  It
+        re-asks every 0.1 s, zmq's reconnect interval: after a restart the SUB socket reconnects
+        within that, and a longer wait would time the client, not the kernel (both kernels alike).
         """
         kc = self._client()
         deadline = time.perf_counter() + timeout
         while True:
             msg_id = kc.kernel_info()
             if self._wait_for(kc.get_shell_msg, msg_id, "kernel_info_reply", min(1.0, self._left(deadline))):
-                if self._wait_for(kc.get_iopub_msg, msg_id, "status", min(0.5, self._left(deadline))):
+                if self._wait_for(kc.get_iopub_msg, msg_id, "status", min(0.1, self._left(deadline))):
                     return
             if not self.km.is_alive():
                 raise BenchError(f"{self.name} kernel died before it answered kernel_info")

@@ -15,6 +15,7 @@ Where the provisioner is not used (VS Code launches kernels itself), nothing cha
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from typing import Any
@@ -107,6 +108,25 @@ class JaxProvisioner(LocalProvisioner):  # type: ignore[misc]
             spare.wait(5)
         except (OSError, subprocess.TimeoutExpired):
             pass
+
+    shutdown_poll = Float(
+        0.5,
+        help="Seconds to watch, 5 ms apart, for the kernel to exit after a shutdown request. "
+        "jupyter_client polls every 0.1 s once this returns; the kernel exits within tens of ms.",
+    ).tag(config=True)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """Wait (briefly) for the kernel to exit, so KernelManager finds it gone at its first poll.
+
+        A restart otherwise sleeps out jupyter_client's 0.1 s poll interval for a process that
+        exits ~50 ms after the request; a kernel slower than ``shutdown_poll`` is left to the
+        manager's usual wait.
+        """
+        if self.process is None:
+            return
+        deadline = asyncio.get_running_loop().time() + self.shutdown_poll
+        while self.process.poll() is None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
 
     async def cleanup(self, restart: bool = False) -> None:
         """The spare lives through restarts (that is what it is for) and ends with the kernel."""
