@@ -1,7 +1,7 @@
 """Shared fixtures: the real `jax` kernel, started through jupyter_client as a frontend would.
 
 The environment is isolated before any kernel starts: IPython's history database and
-Jupyter's data/runtime dirs point into a temporary directory, so a kernelspec installed
+Jupyter's data/runtime dirs and the caches point into a temporary directory, so a kernelspec installed
 by hand in ~/.local cannot shadow the one under test and tests never touch user files.
 """
 
@@ -23,6 +23,9 @@ _TMP = tempfile.mkdtemp(prefix="jax-kernel-tests-")
 os.environ["IPYTHONDIR"] = os.path.join(_TMP, "ipython")
 os.environ["JUPYTER_DATA_DIR"] = os.path.join(_TMP, "data")
 os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(_TMP, "runtime")
+# Caches too (the kernels' compilation cache, matplotlib's fonts): a run starts from nothing, as CI
+# does, and never fills the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = os.path.join(_TMP, "cache")
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 

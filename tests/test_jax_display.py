@@ -80,7 +80,10 @@ print('computed')
 
 
 def test_a_long_compile_shows_a_transient_line_that_goes_away() -> None:
-    km, kc = start_kernel(extra_arguments=["--JaxKernel.compile_notice_after=0.2"])
+    # No compilation cache: an earlier run's cached executable would make it no compile at all.
+    km, kc = start_kernel(
+        extra_arguments=["--JaxKernel.compile_notice_after=0.2", "--WorkerManager.compilation_cache=False"]
+    )
     try:
         res = Kernel(km, kc).ok(SLOW_COMPILE, timeout=120)
     finally:

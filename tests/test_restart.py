@@ -73,16 +73,9 @@ def wait_for(check: Callable[[], object], what: str, timeout: float = 30) -> obj
 
 def spare_process(k: Kernel) -> int:
     """The provisioner's spare kernel process, once it has a standby worker of its own."""
-    import psutil
-
-    def ready() -> int | None:
-        mine = psutil.Process()
-        for p in mine.children():
-            if p.pid != k.km.provisioner.pid and "jax_kernel" in p.cmdline() and workers_of(p.pid):
-                return p.pid
-        return None
-
-    return int(wait_for(ready, "the spare kernel process and its standby worker started"))  # type: ignore[arg-type]
+    spare = wait_for(lambda: k.km.provisioner._spare, "the provisioner started a spare kernel process")
+    wait_for(lambda: workers_of(spare.pid), "the spare kernel process started its standby worker")  # type: ignore[attr-defined]
+    return int(spare.pid)  # type: ignore[attr-defined]
 
 
 def test_restart_takes_the_spare_process_and_compiles_from_the_cache(
