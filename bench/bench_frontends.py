@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_kernel import JAX, PY, BenchError, Kernel, Row, header, ratio, spread, started, table  # noqa: E402
+from bench_kernel import JAX, PY, BenchError, Kernel, Row, ratio, report, spread, started  # noqa: E402
 
 TARGET = 1.2
 SLIDER_CELL = """
@@ -111,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             str(cells),
         ),
     ]
-    print(header(["bench/bench_frontends.py", *argv]))
-    print()
-    print(table(rows))
-    print(f"\nTotal benchmark wall time: {time.perf_counter() - t_start:.0f} s.")
-    return 0
+    return report(["bench/bench_frontends.py", *argv], rows, t_start)
 
 
 if __name__ == "__main__":

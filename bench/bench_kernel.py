@@ -698,9 +698,14 @@ def main(argv: list[str] | None = None) -> int:
         k: cr.get(k, []) for k in ("restart:jax", "restart:python3")
     }
 
+    return report(argv, build_rows(rt, st, cr, jit), t_start)
+
+
+def report(argv: list[str], rows: list[Row], t_start: float) -> int:
+    """Print the header, the table, the wall time and any notes; exit status 1 if there were notes."""
     print(header(argv))
     print()
-    print(table(build_rows(rt, st, cr, jit)))
+    print(table(rows))
     print()
     print(f"Total benchmark wall time: {time.perf_counter() - t_start:.0f} s.")
     if NOTES.items:

@@ -39,10 +39,9 @@ from bench_kernel import (
     BenchError,
     Kernel,
     Row,
-    header,
     ratio,
+    report,
     spread,
-    table,
 )
 
 JNP_CELL = "import jax.numpy as jnp; jnp.ones(3).sum()"
@@ -255,15 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             results = bench(reps, cache)
         finally:
             Kernel.shutdown_all()
-    print(header(argv))
-    print()
-    print(table(rows(results)))
-    print()
-    print(f"Total benchmark wall time: {time.perf_counter() - t0:.0f} s.")
-    if NOTES.items:
-        print("\nNotes (unexpected behaviour seen during the run):\n")
-        print("\n".join(f"- {item}" for item in NOTES.items))
-    return 1 if NOTES.items else 0
+    return report(argv, rows(results), t0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +71,21 @@ def start_kernel(
     kc.start_channels()
     kc.wait_for_ready(timeout=TIMEOUT)
     return km, kc
+
+
+def kernel_command_line(connection_file: str, *args: str) -> tuple[int, str]:
+    """Run ``python -m jax_kernel`` with these arguments as a launcher would: (exit code, output).
+
+    For settings that must stop the kernel before any frontend could connect.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "jax_kernel", *args, "-f", connection_file],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def stop_kernel(km: KernelManager, kc: BlockingKernelClient) -> None:

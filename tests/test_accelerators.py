@@ -10,14 +10,12 @@ from __future__ import annotations
 import ast
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Kernel, start_kernel, stop_kernel
+from conftest import Kernel, kernel_command_line, start_kernel, stop_kernel
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -131,13 +129,6 @@ def test_exclusive_policy_settings_reach_the_worker(kernels: list[Kernel]) -> No
 
 
 def test_a_bad_device_policy_stops_the_kernel_with_a_clear_error(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "jax_kernel", "--Accelerators.mode=roomy", "-f", str(tmp_path / "k.json")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
+    code, out = kernel_command_line(str(tmp_path / "k.json"), "--Accelerators.mode=roomy")
+    assert code != 0, out
     assert "Accelerators.mode must be 'exclusive' or 'shared', not 'roomy'" in out, out

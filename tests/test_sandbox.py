@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Kernel, request, start_kernel, stop_kernel
+from conftest import Kernel, kernel_command_line, request, start_kernel, stop_kernel
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
@@ -448,17 +448,8 @@ def test_strict_refuses_to_start_without_a_protection() -> None:
 
 
 def test_bad_policy_is_a_clear_error(tmp_path: Path) -> None:
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "jax_kernel", "--Sandbox.memory_limit=lots", "-f", str(tmp_path / "k.json")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
+    code, out = kernel_command_line(str(tmp_path / "k.json"), "--Sandbox.memory_limit=lots")
+    assert code != 0, out
     assert "Sandbox.memory_limit: 'lots' is not a size" in out, out
 
 
