@@ -384,6 +384,9 @@ class WorkerManager(LoggingConfigurable):
     async def ready_worker(self) -> WorkerProcess:
         """The current worker once ready, starting one if there is none."""
         worker = self.worker if self.worker is not None else self.start()
+        ready = worker.ready
+        if ready.done() and not ready.cancelled() and ready.exception() is None:
+            return worker  # the usual case: no wait_for, which costs a turn of the loop per request
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), self.start_timeout)
         except TimeoutError:

@@ -1,8 +1,9 @@
 """Kernel side of one worker process: spawning it, reading its wire and its diagnostics.
 
-Two daemon threads per worker read what it sends: the wire (validated, size-bounded
-JSON frames, handed to the event loop one by one) and its original stderr (kept as a
-bounded tail, so that a crash report can quote what faulthandler printed).  Nothing the
+The event loop reads the wire itself (validated, size-bounded JSON frames, each handled as
+it is read: a widget's answer reaches IOPub with no thread hop), and a daemon thread reads
+the worker's original stderr (kept as a bounded tail, so that a crash report can quote what
+faulthandler printed).  Nothing the
 worker sends can raise in the kernel: bad frames are logged and reported, never raised.
 """
 
@@ -25,6 +26,8 @@ from typing import Any
 from . import wire
 from .budget import OutputBudget
 
+#: Frames handled per turn of the event loop before other callbacks get theirs.
+FRAMES_PER_TURN = 64
 #: Bytes of the worker's stderr kept for crash reports.
 DIAG_TAIL = 16 * 1024
 
@@ -127,10 +130,11 @@ class WorkerProcess:
         self.proc = spawned.proc
         self.pid = self.proc.pid
         self.conn = wire.Connection(spawned.sock, max_frame=max_frame)
-        threading.Thread(target=self._read_wire, name=f"worker-{self.pid}-wire", daemon=True).start()
+        self._fd = self.conn.fileno()
+        loop.add_reader(self._fd, self._read_wire)
         threading.Thread(target=self._read_diag, name=f"worker-{self.pid}-diag", daemon=True).start()
 
-    # threads ------------------------------------------------------------------
+    # reading ------------------------------------------------------------------
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         try:
             self._loop.call_soon_threadsafe(callback, self, *args)
@@ -138,26 +142,38 @@ class WorkerProcess:
             pass  # the loop is closed: the kernel is shutting down
 
     def _read_wire(self) -> None:
-        while True:
+        """In the event loop, whenever the wire has bytes: handle the frames that are complete.
+
+        At most FRAMES_PER_TURN at a time, so a flood cannot starve the loop (the reader is
+        called again while bytes remain); a bad frame is reported and skipped.
+        """
+        for _ in range(FRAMES_PER_TURN):
             try:
-                msg = self.conn.recv()
-                assert msg is not None
+                msg = self.conn.recv(timeout=0)
+                if msg is None:
+                    return
                 wire.validate_worker_message(msg)
-            except EOFError:
-                break
-            except OSError:
-                break
+            except (EOFError, OSError):
+                self._wire_closed()
+                return
             except wire.WireError as e:
                 self.log.warning("Dropped a bad frame from worker %s: %s", self.pid, e)
-                self._post(self._on_problem, f"dropped a malformed message from the worker ({e})")
+                self._on_problem(self, f"dropped a malformed message from the worker ({e})")
                 continue
             if msg["type"] == "stream":
                 text = self.stream_budget.admit(msg["text"])
                 if not text:
                     continue
                 msg["text"] = text
-            self._post(self._on_message, msg)
+            self._on_message(self, msg)
+
+    def _wire_closed(self) -> None:
+        """The worker closed its end (it exited, or is about to): reap it off the loop."""
+        self._loop.remove_reader(self._fd)
         self.conn.close()
+        threading.Thread(target=self._reap, name=f"worker-{self.pid}-reap", daemon=True).start()
+
+    def _reap(self) -> None:
         returncode: int | None
         try:
             returncode = self.proc.wait(timeout=2)
