@@ -236,6 +236,11 @@ def test_disconnect_stops_debugging(dbg: tuple[Kernel, Frontend]) -> None:
     assert dap.ok("debugInfo")["body"]["isStarted"] is False
     assert kernel.ok(CELL).stdout == "b is 42\n"  # the breakpoint is gone: the cell runs through
     assert dap("stackTrace", threadId=1)["success"] is False
+    # And the code runs untraced again, at full speed (the next test debugs in it once more).
+    assert (
+        kernel.ok("import sys\nsys.gettrace() is None").of("execute_result")[0]["data"]["text/plain"]
+        == "True"
+    )
 
 
 def test_restart_while_stopped(dbg: tuple[Kernel, Frontend]) -> None:

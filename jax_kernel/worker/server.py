@@ -232,7 +232,7 @@ class WorkerServer:
         self.compile_notice.cell_started(float(msg.get("compile_notice_after", 2.0)))
         debugger = sys.modules.get("jax_kernel.worker.debugger")  # loaded by the first debug request
         if debugger is not None:
-            debugger.ensure_tracing()
+            debugger.sync_tracing()
         self.interruptible = True
         try:
             res = shell.run_cell(
