@@ -62,6 +62,7 @@ CELLS = {
     "after_restart": "'slider' in globals()",
     "usage_pid": "import os\nos.getpid()",
     "usage_alloc": "import numpy as np\nusage_block = np.ones(40_000_000)  # 320 MB, every page touched\nusage_block.nbytes",
+    "debug": "def double(v):\n    w = v * 2\n    return w\nprint('answer', double(21))",
 }
 ORDER = list(CELLS)
 
@@ -351,3 +352,35 @@ def test_resource_usage_shows_the_worker_memory(page: Any) -> None:
         lambda n: n >= worker,
         f"the status bar's memory (the server's process tree) holding the worker's {worker} bytes",
     )
+
+
+def test_visual_debugger_stops_at_a_breakpoint_and_shows_the_workers_variables(page: Any) -> None:
+    """JupyterLab's own debugger UI: toggle it on, click the gutter, run, see the stop, continue."""
+    toggle = page.locator(".jp-NotebookPanel-toolbar .jp-DebuggerBugButton")
+    playwright_api.expect(toggle).to_be_visible()  # shown because kernel_info says debugger: true
+    toggle.click()
+    playwright_api.expect(toggle).to_have_attribute("aria-pressed", "true")
+    target = cell(page, "debug")
+    target.locator(".jp-InputArea-editor").click()
+    # Line 2 (w = v * 2): JupyterLab's breakpoint gutter has one element per line.
+    gutter = target.locator(".cm-breakpoint-gutter .cm-gutterElement")
+    # The debugger session starts after the toggle: the sidebar's panels show once it has.
+    playwright_api.expect(page.locator(".jp-DebuggerCallstack")).to_be_attached(timeout=30_000)
+    page.wait_for_timeout(1000)
+    line_2 = gutter.nth(2)  # the first element is CodeMirror's hidden spacer
+    line_2.click()
+    playwright_api.expect(line_2.locator(".cm-breakpoint-icon")).to_have_count(1)
+    run(page, "debug", wait=False)
+    variables = page.locator(".jp-DebuggerVariables")
+    playwright_api.expect(variables).to_contain_text("v", timeout=30_000)
+    playwright_api.expect(variables).to_contain_text("21")
+    playwright_api.expect(page.locator(".jp-DebuggerCallstack")).to_contain_text("double")
+    shot(page, "debugger_stopped")
+    page.locator("[data-command='debugger:continue']").first.click()
+    playwright_api.expect(target.locator(".jp-OutputArea-output")).to_contain_text(
+        "answer 42", timeout=30_000
+    )
+    wait_idle(page)
+    toggle.click()
+    playwright_api.expect(toggle).to_have_attribute("aria-pressed", "false")
+    shot(page, "debugger_done")
