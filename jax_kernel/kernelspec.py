@@ -4,6 +4,11 @@
 data in ``share/jupyter/kernels/jax``, as ipykernel does for ``python3``); this command
 installs it elsewhere (``--user``, ``--sys-prefix``, ``--prefix``) with ``argv[0]``
 pinned to this interpreter, so the kernel runs in this environment wherever it is listed.
+
+The spec names our kernel provisioner (instant restarts), and jupyter_client hides a spec whose
+provisioner the *server's* Python cannot import.  A spec installed for the user or under a
+prefix may be read by a Jupyter server from another environment, so there it leaves the
+provisioner out unless asked (``--provisioner``); in this environment's own prefix it keeps it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ def kernelspec_source() -> Path:
     return Path(__file__).resolve().parent.parent / "kernelspec"
 
 
-def write_kernel_spec(path: Path, python: str = sys.executable, display_name: str | None = None) -> Path:
+def write_kernel_spec(
+    path: Path, python: str = sys.executable, display_name: str | None = None, provisioner: bool = True
+) -> Path:
     """Write the kernelspec into ``path`` with argv[0] set to ``python``."""
     path.mkdir(parents=True, exist_ok=True)
     for item in kernelspec_source().iterdir():
@@ -41,16 +48,27 @@ def write_kernel_spec(path: Path, python: str = sys.executable, display_name: st
     spec["argv"][0] = python
     if display_name:
         spec["display_name"] = display_name
+    if not provisioner:
+        spec.get("metadata", {}).pop("kernel_provisioner", None)
     spec_file.write_text(json.dumps(spec, indent=2) + "\n")
     return path
 
 
 def install(
-    user: bool = False, prefix: str | None = None, name: str = KERNEL_NAME, display_name: str | None = None
+    user: bool = False,
+    prefix: str | None = None,
+    name: str = KERNEL_NAME,
+    display_name: str | None = None,
+    provisioner: bool | None = None,
 ) -> str:
-    """Install the kernelspec and return the directory it went to."""
+    """Install the kernelspec and return the directory it went to.
+
+    ``provisioner`` None: only where no other environment's Jupyter is likely to read it (this
+    environment's prefix)."""
+    if provisioner is None:
+        provisioner = prefix is not None and Path(prefix).resolve() == Path(sys.prefix).resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        src = write_kernel_spec(Path(tmp) / name, display_name=display_name)
+        src = write_kernel_spec(Path(tmp) / name, display_name=display_name, provisioner=provisioner)
         return KernelSpecManager().install_kernel_spec(str(src), name, user=user, prefix=prefix)
 
 
@@ -77,12 +95,32 @@ class InstallJaxKernelSpecApp(Application):
         where.add_argument("--prefix", help="install under this prefix (share/jupyter/kernels)")
         parser.add_argument("--name", default=KERNEL_NAME, help="kernelspec name (default: jax)")
         parser.add_argument("--display-name", help="name shown in frontends")
+        parser.add_argument(
+            "--provisioner",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="name jax-kernel's provisioner in the spec, for sub-second restarts; the Jupyter server "
+            "must then be able to import jax_kernel, or it hides the kernel (default: only with --sys-prefix)",
+        )
         opts = parser.parse_args(self.argv)
         try:
-            dest = install(user=opts.user, prefix=opts.prefix, name=opts.name, display_name=opts.display_name)
+            dest = install(
+                user=opts.user,
+                prefix=opts.prefix,
+                name=opts.name,
+                display_name=opts.display_name,
+                provisioner=opts.provisioner,
+            )
         except OSError as e:
             print(
                 f"error: could not install the kernelspec: {e}. Try --user or --sys-prefix.", file=sys.stderr
             )
             self.exit(1)
         print(f"Installed kernelspec {opts.name} in {dest}")
+        spec = json.loads((Path(dest) / "kernel.json").read_text())
+        if "kernel_provisioner" not in spec.get("metadata", {}):
+            print(
+                "Restarts start a new kernel process (no spare): a Jupyter server in another environment "
+                "can use this spec. If yours can import jax_kernel, install with --provisioner for "
+                "sub-second restarts."
+            )

@@ -45,6 +45,30 @@ def test_install_command_writes_a_spec_for_this_python(tmp_path: Path) -> None:
     assert (spec_dir / "logo-64x64.png").stat().st_size > 0
 
 
+def test_specs_other_environments_read_leave_the_provisioner_out(tmp_path: Path) -> None:
+    """jupyter_client hides a spec whose provisioner the server cannot import: a spec a Jupyter
+    server from another environment may read must not name ours unless asked."""
+
+    def installed(*args: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "jax_kernel", "install", *args, "--name", "jax-p"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        where = Path(sys.prefix) if "--sys-prefix" in args else tmp_path
+        return json.loads((where / "share" / "jupyter" / "kernels" / "jax-p" / "kernel.json").read_text())
+
+    assert "kernel_provisioner" not in installed("--prefix", str(tmp_path))["metadata"]
+    named = installed("--prefix", str(tmp_path), "--provisioner")["metadata"]["kernel_provisioner"]
+    assert named == {"provisioner_name": "jax-provisioner"}
+    try:
+        assert "kernel_provisioner" in installed("--sys-prefix")["metadata"]
+    finally:
+        KernelSpecManager().remove_kernel_spec("jax-p")
+
+
 def test_install_command_rejects_an_unknown_option(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "jax_kernel", "install", "--no-such-option"],
