@@ -114,6 +114,18 @@ def test_a_crash_is_replaced_by_the_standby_worker(cached_kernel: Kernel) -> Non
     assert value(k, "import sys; 'jax' in sys.modules") is True  # the standby had imported jax
 
 
+def test_new_jax_settings_take_the_standby_worker(cached_kernel: Kernel) -> None:
+    k = cached_kernel
+    old = value(k, PID)
+    kernel = k.km.provisioner.pid
+    (standby,) = wait_for(lambda: [p for p in workers_of(kernel) if p != old], "a standby worker started")  # type: ignore[misc]
+    k.ok("import jax; jax.numpy.zeros(1)")  # the backend starts: x64 can no longer change in place
+    res = k.ok("%load_jax --x64")
+    assert "Replacing the worker" in res.stderr
+    assert value(k, PID) == standby
+    assert value(k, "import jax; jax.numpy.zeros(1).dtype.name") == "float64"
+
+
 def test_no_standby_when_turned_off() -> None:
     km, kc = start_kernel(["--WorkerManager.standby=False"])
     k = Kernel(km, kc)
