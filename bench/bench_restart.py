@@ -185,42 +185,45 @@ def rows(r: dict[str, list[float]]) -> list[Row]:
     def g(key: str) -> list[float]:
         return r.get(key, [])
 
-    n = str(len(g("restart:jax")))
+    def compare(what: str, mine: str, ref: str, ref_label: str, target: float | None = None) -> Row:
+        """One jax-kernel figure against a stock-kernel one from the same run."""
+        return Row(
+            what,
+            spread(g(mine)),
+            f"{ref_label}: {spread(g(ref))}",
+            ratio(g(mine), g(ref), target),
+            str(len(g(mine))),
+        )
+
+    stock_restart = "restart:python3"
     return [
-        Row(
+        compare(
             "`restart_kernel()` → first `jnp.ones(3).sum()` cell finished",
-            spread(g("restart:jax")),
-            f"python3 (restart, `import jax`, same cell): {spread(g('restart:python3'))}",
-            ratio(g("restart:jax"), g("restart:python3"), 0.25),
-            n,
+            "restart:jax",
+            stock_restart,
+            "python3 (restart, `import jax`, same cell)",
+            0.25,
         ),
-        Row(
+        compare(
             "… the same, restarting again at once (spare not yet warm)",
-            spread(g("restart_cold:jax")),
-            f"python3: {spread(g('restart:python3'))}",
-            ratio(g("restart_cold:jax"), g("restart:python3")),
-            str(len(g("restart_cold:jax"))),
+            "restart_cold:jax",
+            stock_restart,
+            "python3",
         ),
-        Row(
+        compare(
             "Crash in a cell (`os._exit(3)`) → next `jnp` cell finished",
-            spread(g("crash")),
-            f"python3 restart → `jnp` cell: {spread(g('restart:python3'))}",
-            ratio(g("crash"), g("restart:python3")),
-            str(len(g("crash"))),
+            "crash",
+            stock_restart,
+            "python3 restart → `jnp` cell",
         ),
-        Row(
+        compare(
             "Compile a 6-block transformer training step (`lower().compile()`), first time",
-            spread(g("compile_before:jax")),
-            f"python3: {spread(g('compile_before:python3'))}",
-            ratio(g("compile_before:jax"), g("compile_before:python3")),
-            "1",
+            "compile_before:jax",
+            "compile_before:python3",
+            "python3",
         ),
-        Row(
-            "… the same function after each restart",
-            spread(g("compile_after:jax")),
-            f"python3: {spread(g('compile_after:python3'))}",
-            ratio(g("compile_after:jax"), g("compile_after:python3")),
-            str(len(g("compile_after:jax"))),
+        compare(
+            "… the same function after each restart", "compile_after:jax", "compile_after:python3", "python3"
         ),
         Row(
             "… jax kernel after a restart ÷ its own first compile",
