@@ -54,6 +54,12 @@ def write_kernel_spec(
     return path
 
 
+def provisioner_by_default(prefix: str | None) -> bool:
+    """Whether a spec installed here names the provisioner unless told: only in this environment's
+    own prefix, where the Jupyter server that reads it runs in this environment too."""
+    return prefix is not None and Path(prefix).resolve() == Path(sys.prefix).resolve()
+
+
 def install(
     user: bool = False,
     prefix: str | None = None,
@@ -66,7 +72,7 @@ def install(
     ``provisioner`` None: only where no other environment's Jupyter is likely to read it (this
     environment's prefix)."""
     if provisioner is None:
-        provisioner = prefix is not None and Path(prefix).resolve() == Path(sys.prefix).resolve()
+        provisioner = provisioner_by_default(prefix)
     with tempfile.TemporaryDirectory() as tmp:
         src = write_kernel_spec(Path(tmp) / name, display_name=display_name, provisioner=provisioner)
         return KernelSpecManager().install_kernel_spec(str(src), name, user=user, prefix=prefix)
@@ -117,8 +123,8 @@ class InstallJaxKernelSpecApp(Application):
             )
             self.exit(1)
         print(f"Installed kernelspec {opts.name} in {dest}")
-        spec = json.loads((Path(dest) / "kernel.json").read_text())
-        if "kernel_provisioner" not in spec.get("metadata", {}):
+        named = opts.provisioner if opts.provisioner is not None else provisioner_by_default(opts.prefix)
+        if not named:
             print(
                 "Restarts start a new kernel process (no spare): a Jupyter server in another environment "
                 "can use this spec. If yours can import jax_kernel, install with --provisioner for "
