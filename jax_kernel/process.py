@@ -3,8 +3,8 @@
 The event loop reads the wire itself (validated, size-bounded JSON frames, each handled as
 it is read: a widget's answer reaches IOPub with no thread hop), and a daemon thread reads
 the worker's original stderr (kept as a bounded tail, so that a crash report can quote what
-faulthandler printed).  Nothing the
-worker sends can raise in the kernel: bad frames are logged and reported, never raised.
+faulthandler printed).  Nothing the worker sends can raise in the kernel: bad frames are logged
+and reported, never raised.
 """
 
 from __future__ import annotations
