@@ -17,7 +17,8 @@ Order (each step needs the privileges the later ones take away):
    rlimits back) and CAP_SYS_ADMIN are gone;
 4. Landlock: file system read-only except the writable paths, hidden paths unreadable,
    and (ABI >= 6) signals and abstract unix sockets scoped to the worker's own domain,
-   so it can't signal the kernel or anyone else even as uid 0;
+   so it can't signal the kernel or anyone else even as uid 0; when the policy has
+   ``net_rules`` (ABI >= 4), TCP bind and connect only to the ports it names;
 5. seccomp-bpf (a deny list, with TSYNC), last, since it forbids ``unshare``.
 
 Every step records itself as active or unavailable (with the reason) in a report that
@@ -30,11 +31,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import resource
 import stat
 import struct
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 #: Exit code of a worker that refuses to start because the strict profile can't be met.
@@ -412,7 +415,10 @@ LL_TRUNCATE = 1 << 14  # ABI 3
 LL_IOCTL_DEV = 1 << 15  # ABI 5
 LL_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 LL_SCOPE_SIGNAL = 1 << 1  # ABI 6
+LL_NET_BIND_TCP = 1 << 0  # ABI 4
+LL_NET_CONNECT_TCP = 1 << 1  # ABI 4
 LL_RULE_PATH_BENEATH = 1
+LL_RULE_NET_PORT = 2
 
 _FILE_RIGHTS = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
 READ = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
@@ -449,6 +455,10 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+class _NetPort(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]  # port: host order
+
+
 def landlock_abi() -> int:
     """The running kernel's Landlock ABI version, 0 if Landlock is unavailable."""
     try:
@@ -471,11 +481,15 @@ def _handled_fs(abi: int) -> int:
 
 
 class _Ruleset:
-    def __init__(self, abi: int) -> None:
+    def __init__(self, abi: int, net: bool = False) -> None:
+        """``net``: also handle TCP bind/connect (ABI >= 4), so that only :meth:`add_ports` allows them."""
         self.abi = abi
         self.handled = _handled_fs(abi)
+        self.handled_net = LL_NET_BIND_TCP | LL_NET_CONNECT_TCP if net and abi >= 4 else 0
         scoped = LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL if abi >= 6 else 0
-        attr = _RulesetAttr(self.handled, 0, scoped)
+        attr = _RulesetAttr(self.handled, self.handled_net, scoped)
+        # The struct grew: {fs} (ABI 1-3), {fs, net} (ABI 4-5), {fs, net, scoped} (ABI 6+); an older
+        # kernel refuses a bigger size (E2BIG) unless the extra fields are zero.
         size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else 8 if abi < 4 else 16
         self.fd = _libc.syscall(_sys("ll_create"), ctypes.byref(attr), size, 0)
         if self.fd < 0:
@@ -502,6 +516,23 @@ class _Ruleset:
             return True
         finally:
             os.close(fd)
+
+    def add_ports(self, ports: Iterable[int], access: int) -> None:
+        """Allow TCP ``access`` (bind and/or connect) to each port; Landlock has no port ranges.
+
+        Measured for a whole ephemeral range (32768-60999: 28232 rules; 2 cores, Linux 6.18):
+        ~40 ms (27-50 ms over 15 runs), about half of it the ctypes calls themselves (hence one
+        struct and one bound function for every port), plus ~9 ms in landlock_restrict_self and
+        ~1.7 MB of kernel memory per worker.  Only a ruleset built once by the long-lived kernel
+        and passed to each worker (a stacked layer) would avoid it; a worker starts in seconds.
+        """
+        attr = _NetPort(access & self.handled_net, 0)
+        ref, call, nr, fd = ctypes.byref(attr), _libc.syscall, _sys("ll_add"), self.fd
+        for port in ports:
+            attr.port = port
+            if call(nr, fd, LL_RULE_NET_PORT, ref, 0) != 0:
+                raise _err(f"landlock_add_rule(port {port})")
+            self.rules += 1
 
     def restrict(self) -> None:
         if _libc.syscall(_sys("ll_restrict"), self.fd, 0) != 0:
@@ -547,14 +578,103 @@ def _grant(
     return rs.add(real, access)
 
 
+def _net_rules(raw: Any) -> tuple[list[int], list[int], range | None, range | None]:
+    """Check the policy's ``net_rules``: (bind ports, connect ports, bind range, connect range)."""
+
+    def port(p: Any) -> int:
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
+            raise Unavailable(f"net_rules: {p!r} is not a TCP port")
+        return p
+
+    def span(r: Any) -> range | None:
+        if r is None:
+            return None
+        if not isinstance(r, (list, tuple)) or len(r) != 2 or port(r[0]) > port(r[1]):
+            raise Unavailable(f"net_rules: {r!r} is not a [low, high] port range")
+        return range(r[0], r[1] + 1)
+
+    if not isinstance(raw, dict):
+        raise Unavailable(f"net_rules: {raw!r} is not a dict")
+    bind = sorted({port(p) for p in raw.get("bind") or []})
+    connect = sorted({port(p) for p in raw.get("connect") or []})
+    return bind, connect, span(raw.get("bind_range")), span(raw.get("connect_range"))
+
+
+def _port_spans(bind: range | None, connect: range | None) -> list[tuple[range, int]]:
+    """Disjoint pieces of the two ranges with the rights of each: where they overlap, one rule
+    per port carries both (28k rules for the ephemeral range, not 56k)."""
+    ranges = [(r, a) for r, a in ((bind, LL_NET_BIND_TCP), (connect, LL_NET_CONNECT_TCP)) if r]
+    cuts = sorted({x for r, _ in ranges for x in (r.start, r.stop)})
+    spans = []
+    for lo, hi in itertools.pairwise(cuts):
+        access = 0
+        for r, a in ranges:
+            if lo in r:
+                access |= a
+        if access:
+            spans.append((range(lo, hi), access))
+    return spans
+
+
+def _describe_ports(ports: list[int], span: range | None) -> str:
+    """For the report: `port 0 (an ephemeral one)`, `ports 8476 and 32768-60999`, `no port`."""
+    parts = ["0 (an ephemeral one)" if p == 0 else str(p) for p in ports]
+    if span:
+        parts.append(f"{span.start}-{span.stop - 1}")
+    if not parts:
+        return "no port"
+    noun = "port" if len(parts) == 1 and not span else "ports"
+    return f"{noun} " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0])
+
+
 def _apply_landlock(policy: dict[str, Any], report: _Report) -> None:
+    """File-system rules, scoping and, when the policy has ``net_rules``, TCP port rules.
+
+    The network rules join the file-system ruleset (one Landlock layer); a failure of either
+    leaves both unapplied and reported.  Only TCP can be restricted, and by port only: Landlock
+    does not see addresses, UDP or other protocols.
+    """
     abi = landlock_abi()
+    net = None
+    if policy.get("net_rules") is not None:
+        try:
+            net = _net_rules(policy["net_rules"])
+        except Unavailable as e:
+            report.unavailable("network", str(e))
+        else:
+            if abi < 4:
+                net = None
+                if "network" not in report.data["active"]:  # not already cut by a network namespace
+                    report.unavailable(
+                        "network", f"TCP port rules need Landlock ABI 4, this kernel has {abi}"
+                    )
+    try:
+        _landlock(policy, report, abi, net)
+    except (Unavailable, OSError) as e:
+        if net is not None:
+            report.unavailable("network", f"TCP port rules not applied: {getattr(e, 'strerror', None) or e}")
+        raise
+
+
+def _landlock(
+    policy: dict[str, Any],
+    report: _Report,
+    abi: int,
+    net: tuple[list[int], list[int], range | None, range | None] | None,
+) -> None:
+    """Build and apply the one ruleset (``net``: checked ``net_rules``, or None to leave TCP alone)."""
     if abi < 1:
         raise Unavailable("the kernel has no Landlock (needs Linux >= 5.13 with landlock in the LSM list)")
     fs = policy.get("fs", {})
     masked = set(policy.get("masked", []))
     hidden = sorted({os.path.realpath(p) for p in fs.get("hidden", []) if os.path.lexists(p)} - masked)
-    rs = _Ruleset(abi)
+    rs = _Ruleset(abi, net=net is not None)
+    if net is not None:
+        bind, connect, bind_range, connect_range = net
+        rs.add_ports(bind, LL_NET_BIND_TCP)
+        rs.add_ports(connect, LL_NET_CONNECT_TCP)
+        for ports, access in _port_spans(bind_range, connect_range):
+            rs.add_ports(ports, access)
     _grant(rs, "/", hidden, READ, 0, masked)
     for name in DEV_ALLOWED:
         rs.add(f"/dev/{name}", DEVICE | READ)
@@ -579,6 +699,17 @@ def _apply_landlock(policy: dict[str, Any], report: _Report) -> None:
         "filesystem",
         f"Landlock ABI {abi}: read-only except {writable}; hidden: {sorted((masked - {'/dev'}) | set(hidden))}",
     )
+    if net is not None:
+        bind, connect, bind_range, connect_range = net
+        detail = (
+            f"Landlock ABI {abi}: TCP connect only to {_describe_ports(connect, connect_range)}, "
+            f"bind only to {_describe_ports(bind, bind_range)}, on any address (Landlock sees ports, "
+            "not addresses); UDP and other non-TCP traffic are not covered by Landlock"
+        )
+        previous = report.data["active"].get("network")  # a network namespace already cut it
+        report.active("network", f"{previous}; {detail}" if previous else detail)
+        if "network" in report.data:
+            report.data["network"] += "; TCP ports limited (see network under Active)"
     if rs.scoped:
         report.active(
             "signals", "Landlock scope: no signals to (or abstract sockets of) processes outside the sandbox"
