@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import select
 import socket
@@ -47,12 +49,17 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     # The debugger: a DAP response to one "debug" request, and a DAP event (stopped, continued, ...).
     "debug_reply": {"id": int, "content": dict},
     "debug_event": {"content": dict},
+    # A member of a set of processes (multi-controller JAX), on connecting over TCP: who it is,
+    # where it runs, its launcher rank (-1: none) and a free port it would serve JAX's coordinator on.
+    "hello": {"pid": int, "protocol": int, "host": str, "rank": int, "port": int},
+    "heartbeat": {},  # a set member is alive (sent every ProcessSet.heartbeat_interval)
 }
 
 OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "display_data": {"transient": dict},
     "update_display_data": {"transient": dict},
     "ready": {"python": str, "jax_version": str, "sandbox": dict},
+    "reply": {"output_mode": str},  # %jax_output in a set of processes: "all" or an index
 }
 
 #: The JAX entry points' requests.  Each is also a custom Jupyter shell message:
@@ -75,12 +82,20 @@ KERNEL_REQUESTS = frozenset(
         "comm_info",
         "debug",  # content: one DAP request from the frontend's debug_request
         "usage",
+        "interrupt",  # a set member: raise KeyboardInterrupt in the running cell (no signal crosses hosts)
+        "heartbeat",  # a set member: the kernel is alive
+        "setup",  # a set member: its config and environment, answered by the worker's "ready"
     }
     | JAX_REQUESTS
 )
 
 #: Requests the worker answers on a thread of their own, even while a cell runs.
 CONCURRENT_REQUESTS = frozenset({"usage"})
+
+#: Bytes of the per-connection nonce the kernel sends first on a set member's TCP connection.
+NONCE_BYTES = 16
+MAC = hashlib.sha256
+MAC_BYTES = MAC().digest_size
 
 STREAM_NAMES = frozenset({"stdout", "stderr"})
 
@@ -295,7 +310,13 @@ class Connection:
         """Send one message; safe to call from several threads."""
         frame = encode(msg)
         with self._send_lock:
-            self.sock.sendall(frame)
+            self.sock.sendall(self._seal(frame))
+
+    def _seal(self, frame: bytes) -> bytes:
+        return frame
+
+    def _unseal(self, body: bytes) -> bytes:
+        return body
 
     def _fill(self, timeout: float | None) -> bool:
         """Read more bytes into the buffer; False on timeout, EOFError on close."""
@@ -337,7 +358,7 @@ class Connection:
                 if len(self._buf) >= end:
                     body = bytes(self._buf[HEADER.size : end])
                     del self._buf[:end]
-                    return decode(body)
+                    return decode(self._unseal(body))
             if not self._fill(timeout):
                 return None
 
@@ -347,3 +368,75 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+class AuthenticationError(WireError):
+    """A frame whose signature does not match: not from the peer, altered, replayed or reordered."""
+
+
+class SignedConnection(Connection):
+    """A :class:`Connection` whose every frame carries an HMAC-SHA256 of its body.
+
+    For set members, whose wire is TCP and may cross hosts.  Each connection gets its own key,
+    HMAC(set key, nonce) with the nonce the kernel sends first, and each direction numbers its
+    frames: a frame from another connection, an altered one, a replayed one or one out of order
+    fails :class:`AuthenticationError`, which the kernel treats as the member being lost.
+    ``side`` is ``b"K"`` (kernel) or ``b"W"`` (worker), so a frame can't be reflected back.
+    """
+
+    def __init__(
+        self, sock: socket.socket, key: bytes, nonce: bytes, side: bytes, max_frame: int = DEFAULT_MAX_FRAME
+    ) -> None:
+        super().__init__(sock, max_frame=max_frame + MAC_BYTES)
+        self._key = hmac.new(key, nonce, MAC).digest()
+        self._side = side
+        self._peer = b"W" if side == b"K" else b"K"
+        self._sent = 0
+        self._received = 0
+
+    @classmethod
+    def resume(
+        cls, sock: socket.socket, state: Mapping[str, Any], side: bytes, max_frame: int = DEFAULT_MAX_FRAME
+    ) -> SignedConnection:
+        """The same connection in a new process image (a member re-executes itself, see
+        ``jax_kernel.worker.member``), from what :meth:`state` saved."""
+        conn = cls(sock, b"", b"", side, max_frame=max_frame)
+        conn._key = bytes.fromhex(state["key"])
+        conn._sent, conn._received = int(state["sent"]), int(state["received"])
+        conn._buf = bytearray.fromhex(state["buffer"])
+        return conn
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`resume` needs: the session key, both sequence numbers, unread bytes."""
+        return {
+            "key": self._key.hex(),
+            "sent": self._sent,
+            "received": self._received,
+            "buffer": self._buf.hex(),
+        }
+
+    def _mac(self, side: bytes, seq: int, body: bytes) -> bytes:
+        return hmac.new(self._key, side + seq.to_bytes(8, "big") + body, MAC).digest()
+
+    def _seal(self, frame: bytes) -> bytes:
+        # Called under the send lock: the sequence number and the bytes on the wire stay in step.
+        body = frame[HEADER.size :]
+        mac = self._mac(self._side, self._sent, body)
+        self._sent += 1
+        return HEADER.pack(len(body) + MAC_BYTES) + mac + body
+
+    def _unseal(self, body: bytes) -> bytes:
+        mac, payload = body[:MAC_BYTES], body[MAC_BYTES:]
+        if len(mac) < MAC_BYTES or not hmac.compare_digest(
+            mac, self._mac(self._peer, self._received, payload)
+        ):
+            raise AuthenticationError(f"frame {self._received} has a bad signature")
+        self._received += 1
+        return payload
+
+
+def new_nonce() -> bytes:
+    """A fresh per-connection nonce (the kernel sends it raw as the first bytes of a connection)."""
+    import secrets
+
+    return secrets.token_bytes(NONCE_BYTES)
