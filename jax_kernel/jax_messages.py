@@ -112,8 +112,7 @@ class JaxEntryPoints(Configurable):
         except WorkerDied as e:
             return _jax_error(
                 "WorkerDied",
-                f"The worker process {e.how} while serving {kind}_request. "
-                "A fresh worker was started; all variables were lost.",
+                f"{e.subject} {e.how} while serving {kind}_request. {e.fresh}; all variables were lost.",
             )
         except (WorkerError, jaxspec.JaxSpecError) as e:
             return _jax_error(type(e).__name__, f"The worker could not serve {kind}_request: {e}")
@@ -138,8 +137,11 @@ class JaxEntryPoints(Configurable):
             raise MalformedJaxReply(f"bad jax_restart settings from the worker: {e}") from None
         try:
             self.manager.reserve_for(settings)
-        except LeaseError as e:
-            error = _jax_error("DeviceLeaseError", f"{e}. The worker was kept as it was.")
+        except (LeaseError, jaxspec.JaxSpecError) as e:
+            if isinstance(e, LeaseError):
+                error = _jax_error("DeviceLeaseError", f"{e}. The worker was kept as it was.")
+            else:
+                error = _jax_error("JaxLoadError", str(e))
             error = {k: error[k] for k in ("ename", "evalue", "traceback")}
             self._publish("error", error)
             return {**reply, "status": "error", **error}

@@ -64,10 +64,29 @@ LOAD_SETTINGS: dict[str, tuple[type, ...]] = {
     "preallocate": (bool,),
     "compilation_cache_dir": (str,),
     "matmul_precision": (str,),
+    # A set of worker processes (multi-controller JAX): how many, placed by which launcher,
+    # with how many devices each.
+    "processes": (int,),
+    "launcher": (str,),
+    "devices_per_process": (int,),
 }
 
 #: Settings JAX reads only when its backend starts; changing them means a new worker.
-STARTUP_SETTINGS = ("platform", "devices", "x64", "host_device_count", "memory_fraction", "preallocate")
+STARTUP_SETTINGS = (
+    "platform",
+    "devices",
+    "x64",
+    "host_device_count",
+    "memory_fraction",
+    "preallocate",
+    "processes",
+    "launcher",
+    "devices_per_process",
+)
+
+#: The settings that shape a set of processes rather than JAX inside one.
+SET_SETTINGS = ("processes", "launcher", "devices_per_process")
+_LAUNCHER_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
 PLATFORMS = ("cpu", "cuda", "gpu", "rocm", "tpu")
 MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
@@ -252,6 +271,14 @@ def check_load_settings(settings: Mapping[str, Any], from_strings: bool = False)
         out["platform"] = "cuda" if platform == "gpu" else platform
     if "devices" in out:
         out["devices"] = parse_devices(out["devices"])
+    for key in ("processes", "devices_per_process"):
+        if key in out and not 1 <= out[key] <= 1024:
+            raise JaxSpecError(f"{key} must be between 1 and 1024, not {out[key]}")
+    if "launcher" in out and not _LAUNCHER_NAME.fullmatch(out["launcher"]):
+        raise JaxSpecError(
+            f"launcher must be a launcher name such as 'local', 'mpi' or 'slurm' "
+            f"(or module:Class), not {out['launcher'][:60]!r}"
+        )
     if "host_device_count" in out and not 1 <= out["host_device_count"] <= 1024:
         raise JaxSpecError("host_device_count must be between 1 and 1024")
     if "memory_fraction" in out:

@@ -244,7 +244,7 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
             await self.manager.request("comm", {**request, "buffers": buffers})
         except WorkerDied as e:
             self._publish_problem(
-                f"The worker process {e.how} while handling a widget message; all variables were lost."
+                f"{e.subject} {e.how} while handling a widget message; all variables were lost."
             )
         except WorkerError as e:
             self.log.warning("Worker could not handle %s: %s", msg_type, e)
@@ -387,9 +387,7 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         if isinstance(error, WorkerDied):
             ename = "WorkerDied"
             when = "while running this cell" if ran else "after the previous cell ran"
-            evalue = (
-                f"The worker process {error.how} {when}. A fresh worker was started; all variables were lost."
-            )
+            evalue = f"{error.subject} {error.how} {when}. {error.fresh}; all variables were lost."
             if not ran:
                 evalue += " This cell was not run: run it again."
             extra = error.diagnostics.strip().splitlines()[-30:]

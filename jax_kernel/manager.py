@@ -22,6 +22,7 @@ from traitlets.config import LoggingConfigurable
 from . import jaxspec, wire
 from .accelerators import Accelerators, Lease, LeaseError, pin_env
 from .process import Spawned, WorkerProcess, default_worker_argv, describe_exit, spawn
+from .processes import ProcessSet, WorkerSet
 from .sandbox import Sandbox
 
 
@@ -37,11 +38,20 @@ INTERRUPTIBLE = frozenset({"execute", "comm"} | wire.JAX_REQUESTS)
 class WorkerDied(WorkerError):
     """The worker process ended while (or before) serving a request."""
 
-    def __init__(self, how: str, diagnostics: str = "", during_request: bool = True) -> None:
+    def __init__(
+        self,
+        how: str,
+        diagnostics: str = "",
+        during_request: bool = True,
+        subject: str = "The worker process",
+        fresh: str = "A fresh worker was started",
+    ) -> None:
         super().__init__(how)
         self.how = how
         self.diagnostics = diagnostics
         self.during_request = during_request
+        self.subject = subject  # what died: one worker, or a set of them
+        self.fresh = fresh  # what replaced it
 
 
 class WorkerStartFailed(WorkerError):
@@ -145,9 +155,15 @@ class WorkerManager(LoggingConfigurable):
     def _default_accelerators(self) -> Accelerators:
         return Accelerators(parent=self, log=self.log)
 
+    processes = Instance(ProcessSet, help="Settings of sets of worker processes (%load_jax --processes N).")
+
+    @default("processes")
+    def _default_processes(self) -> ProcessSet:
+        return ProcessSet(parent=self, log=self.log)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.worker: WorkerProcess | None = None
+        self.worker: WorkerProcess | WorkerSet | None = None
         self.spare: WorkerProcess | None = None  # the standby, until a start takes it
         self._prespawned: Spawned | None = None  # a standby started before the loop existed
         self.lease: Lease | None = None  # devices this kernel holds for its workers
@@ -185,6 +201,11 @@ class WorkerManager(LoggingConfigurable):
                 self.log.warning("No device lease for this kernel's worker: %s", e)
                 self.problem_handler(f"no accelerator for this worker: {e}")
         config, env = self._job()
+        settings = self._jax_settings()
+        if settings.get("processes", 1) > 1:
+            self.worker = self._start_set(settings, config, env)
+            self.starts += 1
+            return self.worker
         if self._prespawned is not None and self.spare is None:
             self.spare = self._watch(self._prespawned)
         self._prespawned = None
@@ -201,6 +222,31 @@ class WorkerManager(LoggingConfigurable):
         self.log.info("Started worker %s%s", self.worker.pid, " (standby)" if spare is self.worker else "")
         self.worker.ready.add_done_callback(lambda _f: self._refill_standby())
         return self.worker
+
+    def _start_set(self, settings: dict[str, Any], config: dict[str, Any], env: dict[str, str]) -> WorkerSet:
+        """A set of worker processes placed by an ipyparallel launcher (see :mod:`jax_kernel.processes`)."""
+        assert self._loop is not None
+        options = self.processes
+        return WorkerSet(
+            count=settings["processes"],
+            launcher=settings.get("launcher") or options.launcher,
+            devices_per_process=settings.get("devices_per_process") or options.devices_per_process,
+            platform=settings.get("platform") or self.accelerators.host_platform(),
+            config=config,
+            env={**self._base_env(), **env},
+            prepare_sandbox=lambda: self.sandbox.prepare_worker(
+                extra_writable=[self.compilation_cache_dir] if self.compilation_cache else []
+            ),
+            release_sandbox=self.sandbox.worker_exited,
+            options=options,
+            max_frame=self.max_message_bytes,
+            stream_limit=self.stream_limit,
+            loop=self._loop,
+            on_message=self._on_message,
+            on_problem=self._on_problem,
+            on_exit=self._on_exit,
+            log=self.log,
+        )
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -258,6 +304,8 @@ class WorkerManager(LoggingConfigurable):
             return
         if self.worker is None or not self.worker.ready.done() or self.worker.ready.exception():
             return
+        if isinstance(self.worker, WorkerSet):
+            return  # a set's processes need the CPU more than a standby for a later single worker
         if delay is None:
             delay = self.standby_delay
         if delay > 0 or any(not fut.done() for _w, fut, _k in self._pending.values()):
@@ -333,8 +381,18 @@ class WorkerManager(LoggingConfigurable):
         return self.lease
 
     def reserve_for(self, jax_overrides: dict[str, Any]) -> Lease | None:
-        """:meth:`reserve` for a worker started with these load_jax_library settings."""
-        return self.reserve({**self._jax_settings_defaults(), **jax_overrides})
+        """:meth:`reserve` for a worker started with these load_jax_library settings.
+
+        A set of processes whose launcher can't be found is refused here too (JaxSpecError), before
+        the running worker is replaced.
+        """
+        settings = {**self._jax_settings_defaults(), **jax_overrides}
+        if settings.get("processes", 1) > 1:
+            try:
+                self.processes.launcher_class(settings.get("launcher") or self.processes.launcher)
+            except ValueError as e:
+                raise jaxspec.JaxSpecError(f"{e}. The worker was kept as it was.") from None
+        return self.reserve(settings)
 
     def _device_request(self, settings: dict[str, Any]) -> tuple[str, Any] | None:
         """(platform, count or ids) to lease, or None when the worker takes devices unleased."""
@@ -397,7 +455,8 @@ class WorkerManager(LoggingConfigurable):
                 "(raise WorkerManager.start_timeout if the machine is slow)"
             ) from None
         except WorkerDied as e:
-            raise WorkerStartFailed(f"the worker {e.how} while starting.\n{e.diagnostics}".rstrip()) from None
+            what = e.subject[:1].lower() + e.subject[1:]
+            raise WorkerStartFailed(f"{what} {e.how} while starting.\n{e.diagnostics}".rstrip()) from None
         return worker
 
     def take_death_report(self) -> WorkerDied | None:
@@ -427,7 +486,9 @@ class WorkerManager(LoggingConfigurable):
         """Synchronous last resort (atexit): make sure no worker outlives the kernel."""
         self._stopping = True
         for worker in (self.worker, self.spare):
-            if worker is not None and worker.alive():
+            if isinstance(worker, WorkerSet):
+                worker.kill_now()
+            elif worker is not None and worker.alive():
                 worker.kill("the kernel exited")
 
     # requests ---------------------------------------------------------------------
@@ -590,7 +651,9 @@ class WorkerManager(LoggingConfigurable):
         self.sandbox.worker_exited(worker.sandbox)
         expected = self._stopping or worker is not self.worker
         (self.log.info if expected else self.log.warning)("Worker %s %s", worker.pid, how)
-        death = WorkerDied(how, worker.diagnostics())
+        subject = getattr(worker, "subject", "The worker process")
+        fresh = getattr(worker, "fresh", "A fresh worker was started")
+        death = WorkerDied(how, worker.diagnostics(), subject=subject, fresh=fresh)
         was_ready = worker.ready.done() and worker.ready.exception() is None
         if not worker.ready.done():
             worker.ready.set_exception(death)
@@ -608,5 +671,7 @@ class WorkerManager(LoggingConfigurable):
         if not was_ready:
             return  # a failed start: the next request starts another and reports why it fails
         if not in_flight:
-            self._death_report = WorkerDied(how, worker.diagnostics(), during_request=False)
+            self._death_report = WorkerDied(
+                how, worker.diagnostics(), during_request=False, subject=subject, fresh=fresh
+            )
         self.start()  # replace it at once so the next cell does not wait

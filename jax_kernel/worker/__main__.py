@@ -1,5 +1,7 @@
 """Entry point of the worker process: ``python -m jax_kernel.worker FD CONFIG_JSON``.
 
+(A member of a set of processes arrives here as ``--member FD SETUP_FD``, see ``member.py``.)
+
 Order matters.  The first thing the worker does is arrange to die with the kernel
 (``PR_SET_PDEATHSIG``), so that no orphan ever keeps an accelerator busy; only then does
 it import IPython, and JAX is imported later still, by cell code.
@@ -29,8 +31,15 @@ def die_with_parent(expected_ppid: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Start the worker on the socket descriptor the kernel passed us."""
     argv = sys.argv[1:] if argv is None else argv
-    fd = int(argv[0])
-    config = json.loads(argv[1]) if len(argv) > 1 else {}
+    resume = None
+    if argv[0] == "--member":  # a set member, re-executed by jax_kernel.worker.member
+        fd = int(argv[1])
+        with os.fdopen(int(argv[2]), "rb") as f:
+            setup = json.loads(f.read())
+        config, resume = setup["config"], setup["wire"]
+    else:
+        fd = int(argv[0])
+        config = json.loads(argv[1]) if len(argv) > 1 else {}
     die_with_parent(int(config.get("parent_pid", 0)))
     # The sandbox goes on before anything else is imported and before any thread exists:
     # Landlock covers only threads created after it (XLA's pools among them).
@@ -48,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     from .server import WorkerServer
 
     sock = socket.socket(fileno=fd)
-    conn = wire.Connection(sock, max_frame=int(config.get("max_frame", wire.DEFAULT_MAX_FRAME)))
+    max_frame = int(config.get("max_frame", wire.DEFAULT_MAX_FRAME))
+    if resume is not None:
+        conn: wire.Connection = wire.SignedConnection.resume(sock, resume, b"W", max_frame=max_frame)
+    else:
+        conn = wire.Connection(sock, max_frame=max_frame)
     sys.argv = [""]
     server = WorkerServer(conn, config)
     if not config.get("standby") or server.standby():

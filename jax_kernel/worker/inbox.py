@@ -20,10 +20,23 @@ from .threads import service_thread
 class Inbox:
     """Reads every frame from the kernel; :meth:`get` returns the ones for the main thread."""
 
-    def __init__(self, conn: wire.Connection, routes: dict[str, Callable[[dict[str, Any]], None]]) -> None:
-        """``routes``: request types handed to a callable on this thread instead of the queue."""
+    def __init__(
+        self,
+        conn: wire.Connection,
+        routes: dict[str, Callable[[dict[str, Any]], None]],
+        on_close: Callable[[], None] | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
+        """``routes``: request types handed to a callable on this thread instead of the queue.
+
+        ``on_close`` runs on this thread when the kernel goes away, or has sent nothing for
+        ``idle_timeout`` seconds (a set member, whose kernel sends heartbeats): it must not wait
+        for the main thread, which may be stuck in XLA.
+        """
         self._conn = conn
         self._routes = routes
+        self._on_close = on_close
+        self._idle_timeout = idle_timeout
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._closed = False
         service_thread(self._read, "jax-kernel-wire-reader")
@@ -31,14 +44,22 @@ class Inbox:
     def _read(self) -> None:
         while True:
             try:
-                msg = self._conn.recv(timeout=None)
+                msg = self._conn.recv(timeout=self._idle_timeout)
+            except wire.AuthenticationError:
+                msg = None  # not from our kernel: the connection can't be trusted any more
+                self._idle_timeout = 0.0
             except wire.WireError:
                 continue  # the kernel sent something unreadable: skip it rather than stop listening
             except (EOFError, OSError):
-                self._queue.put(None)
-                return
+                msg = None
+                self._idle_timeout = 0.0
             if msg is None:
-                continue
+                if self._idle_timeout is None:
+                    continue
+                self._queue.put(None)
+                if self._on_close is not None:
+                    self._on_close()
+                return
             route = self._routes.get(msg["type"])
             if route is not None:
                 route(msg)

@@ -71,6 +71,10 @@ class _State:
     host_platform: str = "cpu"  # what the kernel found on the host, to know which requests need a lease
     lease: str = ""  # the kernel's description of the devices it leased for this worker
     memory_cap: float = 0.0  # the most memory_fraction the host's policy allows (0: no cap)
+    # This worker's place in a set of processes (multi-controller JAX); empty for a lone worker:
+    # {"index", "count", "launcher", "coordinator", "table": [{"index", "host", "pid"}]}.
+    member: dict[str, Any] = field(default_factory=dict)
+    output_mode: str | None = None  # a %jax_output the kernel has not been told of yet
 
 
 STATE = _State()
@@ -88,6 +92,46 @@ def configure(config: Mapping[str, Any]) -> None:
     STATE.lease = str(config.get("lease") or "")
     cap = config.get("memory_cap")
     STATE.memory_cap = float(cap) if isinstance(cap, (int, float)) and 0 < cap <= 1 else 0.0
+    STATE.member = dict(config.get("member") or {})
+
+
+def start_distributed(member: Mapping[str, Any]) -> None:
+    """Join the set's JAX distributed runtime and start the backend, before the first cell.
+
+    Process 0 serves the coordinator; on CPU, collectives across processes go through gloo
+    (JAX's default CPU collectives are in-process only).  Starting the backend here means a
+    set is ready when every member can run a cross-process collective, and a member that can't
+    fails the start, with its reason, instead of the user's first cell.
+    """
+    import jax
+
+    if (STATE.applied.get("platform") or STATE.host_platform) == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=str(member["coordinator"]),
+        num_processes=int(member["count"]),
+        process_id=int(member["index"]),
+        initialization_timeout=int(member.get("timeout", 120)),
+    )
+    jax.devices()
+
+
+def _set_conflicts(settings: Mapping[str, Any]) -> list[str]:
+    """Set settings asked for that differ from the set (or lone worker) this process belongs to."""
+    current = {
+        "processes": int(STATE.member.get("count", 1)),
+        "launcher": STATE.member.get("launcher"),
+        "devices_per_process": STATE.member.get("devices_per_process"),
+    }
+    out = []
+    wanted = settings.get("processes")
+    if wanted is not None and wanted != current["processes"]:
+        out.append(f"processes {current['processes']} -> {wanted}")
+    elif current["processes"] > 1:
+        for key in ("launcher", "devices_per_process"):
+            if settings.get(key) is not None and settings[key] != current[key]:
+                out.append(f"{key} {current[key]} -> {settings[key]}")
+    return out
 
 
 #: JAX options read from the environment at import, for a worker that imported JAX before it
@@ -196,7 +240,7 @@ def _conflicts(settings: Mapping[str, Any]) -> list[str]:
     if settings.get("x64") is not None and bool(settings["x64"]) != bool(jax.config.jax_enable_x64):
         out.append(f"x64 {bool(jax.config.jax_enable_x64)} -> {settings['x64']}")
     if settings.get("host_device_count") is not None:
-        count = len(jax.devices("cpu"))
+        count = len(jax.local_devices(backend="cpu"))
         if count != settings["host_device_count"]:
             out.append(f"host_device_count {count} -> {settings['host_device_count']}")
     if isinstance(settings.get("devices"), int) or (
@@ -314,6 +358,13 @@ def load(settings: Mapping[str, Any]) -> JaxInfo:
             {**STATE.applied, **settings},
             f"devices {settings['devices']!r} are leased by the kernel and given to a new worker",
         )
+    changes = _set_conflicts(settings)
+    if changes:
+        if not STATE.in_worker:
+            raise JaxLoadError("a set of processes needs the jax kernel (%load_jax --processes N)")
+        count = settings.get("processes") or STATE.member.get("count", 1)
+        what = f"a set of {count} processes" if count > 1 else "a single worker process"
+        raise JaxRestartRequired({**STATE.applied, **settings}, f"{what} asked for ({', '.join(changes)})")
     if backend_started():
         if settings.get("devices") is not None and not settings.get("platform"):
             settings["platform"] = _platform()
@@ -349,12 +400,18 @@ def load_jax_library(
     preallocate: bool | None = None,
     compilation_cache_dir: str | None = None,
     matmul_precision: str | None = None,
+    processes: int | None = None,
+    launcher: str | None = None,
+    devices_per_process: int | None = None,
 ) -> JaxInfo:
     """Start JAX with these settings (None: as configured) and describe what it has.
 
     Platform, devices, x64, host device count and allocator settings take effect only before
     JAX's backend starts; in the kernel, asking for different ones replaces the worker (all
-    variables are lost, and the kernel says so first).  Returns a dict (rich display in a
+    variables are lost, and the kernel says so first).  ``processes`` > 1 makes the worker a set
+    of processes placed by ``launcher`` (ipyparallel's: local, mpi, slurm, ...), each with
+    ``devices_per_process`` devices, joined by JAX's distributed runtime; every cell then runs in
+    every process (SPMD).  Returns a dict (rich display in a
     notebook) of versions, backend, devices, x64 and the compilation cache directory.
     """
     try:
@@ -368,6 +425,9 @@ def load_jax_library(
                 "preallocate": preallocate,
                 "compilation_cache_dir": compilation_cache_dir,
                 "matmul_precision": matmul_precision,
+                "processes": processes,
+                "launcher": launcher,
+                "devices_per_process": devices_per_process,
             }
         )
     except JaxSpecError as e:
@@ -383,8 +443,20 @@ class JaxInfo(dict):
         rows = "".join(
             f"<tr><th style='text-align:left'>{esc(k)}</th><td style='text-align:left'>{esc(str(v))}</td></tr>"
             for k, v in self.items()
-            if k != "devices"
+            if k not in ("devices", "processes")
         )
+        procs = "".join(
+            "<tr>"
+            + "".join(f"<td>{esc(str(p.get(c, '')))}</td>" for c in ("index", "host", "pid", "devices"))
+            + "</tr>"
+            for p in self.get("processes", [])
+        )
+        if procs:
+            procs = (
+                "<table><tr><th>process</th><th>host</th><th>pid</th><th>devices</th></tr>"
+                + procs
+                + "</table>"
+            )
         devs = "".join(
             "<tr>"
             + "".join(f"<td>{esc(str(d.get(c, '')))}</td>" for c in ("id", "platform", "kind", "memory"))
@@ -393,11 +465,15 @@ class JaxInfo(dict):
         )
         return (
             f"<table>{rows}</table><table><tr><th>id</th><th>platform</th><th>kind</th><th>memory</th></tr>"
-            f"{devs}</table>"
+            f"{devs}</table>{procs}"
         )
 
     def text(self) -> str:
-        lines = [f"{k}: {v}" for k, v in self.items() if k != "devices"]
+        lines = [f"{k}: {v}" for k, v in self.items() if k not in ("devices", "processes")]
+        if self.get("processes"):
+            lines.append("processes:")
+            for p in self["processes"]:
+                lines.append(f"  {p['index']}: {p['host']} pid {p['pid']}, devices {p['devices']}")
         lines.append("devices:")
         for d in self.get("devices", []):
             mem = f", memory {d['memory']}" if d.get("memory") else ""
@@ -443,8 +519,27 @@ def jax_info() -> JaxInfo:
         compilation_cache_dir=jax.config.jax_compilation_cache_dir,
         matmul_precision=jax.config.jax_default_matmul_precision,
         **({"lease": STATE.lease} if STATE.lease else {}),
+        **_process_info(),
         devices=devices,
     )
+
+
+def _process_info() -> dict[str, Any]:
+    """For a set member: where every process of the set runs and which devices it has."""
+    if not STATE.member:
+        return {}
+    import jax
+
+    by_process: dict[int, list[int]] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d.id)
+    table = [{**p, "devices": by_process.get(p["index"], [])} for p in STATE.member.get("table", [])]
+    return {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "launcher": STATE.member.get("launcher", ""),
+        "processes": table,
+    }
 
 
 # ---------------------------------------------------------------------------------------

@@ -98,6 +98,9 @@ class JaxMagics(Magics):
         p.add_argument("--no-preallocate", dest="preallocate", action="store_const", const=False)
         p.add_argument("--cache-dir", dest="compilation_cache_dir")
         p.add_argument("--matmul-precision")
+        p.add_argument("--processes", type=int)
+        p.add_argument("--launcher")
+        p.add_argument("--devices-per-process", type=int)
         return p
 
     @line_magic
@@ -106,10 +109,12 @@ class JaxMagics(Magics):
 
         %load_jax [--platform cpu|cuda|rocm|tpu] [--devices 0,1] [--x64|--no-x64] [--host-devices N]
                   [--memory-fraction F] [--preallocate|--no-preallocate] [--cache-dir DIR]
-                  [--matmul-precision P]
+                  [--matmul-precision P] [--processes N [--launcher NAME] [--devices-per-process K]]
 
         Settings JAX reads only at start (platform, devices, x64, host devices, allocator) replace
         the worker if JAX already runs with others: all variables are lost (the kernel says so).
+        ``--processes N`` replaces it with a set of N processes (multi-controller JAX), placed by an
+        ipyparallel launcher (local, mpi, slurm, ...); every cell then runs in each of them.
         """
         ns = self._load_parser().parse_args(shlex.split(line))
         return jax_ops.load_jax_library(**vars(ns))
@@ -212,6 +217,26 @@ class JaxMagics(Magics):
         ns = p.parse_args(flags)
         data = jax_ops.export_program(function, args, ns.out, ns.platforms, ns.vjp_order, self.shell.user_ns)
         print(f"wrote {len(data):,} bytes to {ns.out}")
+
+    @line_magic
+    def jax_output(self, line: str) -> None:
+        """Choose whose output a set of processes shows: %jax_output all|0|K
+
+        By default stdout, displays and results come from process 0 and stderr and errors from
+        every process (prefixed with its index).  ``all`` shows every process' stdout and
+        displays too (prefixed); ``K`` shows process K's instead of process 0's.
+        """
+        member = jax_ops.STATE.member
+        if not member:
+            raise UsageError(
+                "%jax_output chooses among the processes of a set; this worker is a single process "
+                "(start a set with %load_jax --processes N)"
+            )
+        value = line.strip().lower()
+        count = int(member.get("count", 1))
+        if value != "all" and not (value.isdigit() and int(value) < count):
+            raise UsageError(f"usage: %jax_output all|0..{count - 1} (not {line.strip()!r})")
+        jax_ops.STATE.output_mode = value  # the kernel routes output: it says what changed
 
     @line_magic
     def jax_memory(self, line: str) -> None:

@@ -19,6 +19,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -35,6 +36,7 @@ from .inbox import Inbox
 from .jsonable import jsonable
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
+from .threads import service_thread
 
 EXPERIMENTAL_TYPES_KEY = "_jupyter_types_experimental"
 
@@ -83,7 +85,17 @@ class WorkerServer:
         signal.signal(signal.SIGINT, self._on_sigint)
         routes: dict[str, Any] = {"debug": self._on_debug_request}
         routes.update(dict.fromkeys(wire.CONCURRENT_REQUESTS, self.concurrent.put))
-        self.inbox = Inbox(conn, routes)
+        self.member: dict[str, Any] = dict(config.get("member") or {})
+        if self.member:
+            # A set member: no signal crosses hosts, so interrupts come over the wire; the kernel
+            # sends heartbeats, and its silence or a closed wire ends us even mid-XLA (no orphans).
+            routes["interrupt"] = lambda msg: os.kill(os.getpid(), signal.SIGINT)
+            routes["heartbeat"] = lambda msg: None
+            self.inbox = Inbox(
+                conn, routes, on_close=lambda: os._exit(0), idle_timeout=float(self.member["silence"])
+            )
+        else:
+            self.inbox = Inbox(conn, routes)
 
         self.handlers = {
             "execute": self.do_execute,
@@ -147,8 +159,19 @@ class WorkerServer:
             raise KeyboardInterrupt
         self.pending_interrupt = True
 
+    def _heartbeat(self, interval: float) -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                self.conn.send({"type": "heartbeat"})
+            except OSError:
+                return
+
     def serve_forever(self) -> None:
         """Answer requests until the kernel asks us to stop or goes away."""
+        if self.member:
+            service_thread(self._heartbeat, "jax-kernel-heartbeat", float(self.member["heartbeat"]))
+            jax_ops.start_distributed(self.member)
         self.conn.send(
             {
                 "type": "ready",
@@ -277,6 +300,8 @@ class WorkerServer:
         reply["jax_version"] = getattr(sys.modules.get("jax"), "__version__", None)
         if restart is not None:
             reply["jax_restart"] = {"settings": restart.settings, "reason": restart.reason}
+        if jax_ops.STATE.output_mode is not None:  # %jax_output ran: the kernel routes output
+            reply["output_mode"], jax_ops.STATE.output_mode = jax_ops.STATE.output_mode, None
         return reply
 
     def do_jax(self, msg: dict[str, Any]) -> dict[str, Any]:

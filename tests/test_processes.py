@@ -1,0 +1,335 @@
+"""A set of worker processes (multi-controller JAX) driven from one kernel, as a frontend sees it.
+
+Loopback only.  Two processes with two CPU devices each, placed by ipyparallel's local launcher
+and, where Debian's Open MPI is installed, by its MPI launcher (``mpirun`` on this host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import Kernel, execute, shell_replies, start_kernel, stop_kernel
+
+#: Open MPI refuses root and counts slots by cores; CI runs as root on 2 cores.
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+}
+SET_TIMEOUT = 120
+
+needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI's mpirun is not installed")
+
+
+def _value(res) -> str:  # noqa: ANN001 - a conftest Result
+    return res.of("execute_result")[0]["data"]["text/plain"]
+
+
+def _load_set(kernel: Kernel, launcher: str) -> str:
+    res = kernel.ok(
+        f"%load_jax --processes 2 --launcher {launcher} --devices-per-process 2", timeout=SET_TIMEOUT
+    )
+    _imports(kernel)
+    return res.of("display_data")[0]["data"]["text/plain"]
+
+
+def _imports(kernel: Kernel) -> None:
+    """What every test here takes for granted, after a (re)start of the set."""
+    kernel.ok("import jax, jax.numpy as jnp", timeout=SET_TIMEOUT)
+
+
+def _member_pids(kernel: Kernel) -> list[int]:
+    res = kernel.ok("import os, sys; print(f'pid={os.getpid()}', file=sys.stderr)")
+    return sorted(int(part.split("pid=")[1]) for part in res.stderr.splitlines())
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie is gone too: only its parent's wait is missing
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module", params=["local", pytest.param("mpi", marks=needs_mpi)])
+def jset(request: pytest.FixtureRequest) -> Iterator[Kernel]:
+    """One kernel per launcher, running a set of 2 processes x 2 CPU devices."""
+    km, kc = start_kernel(env={**os.environ, **MPI_ENV})
+    kernel = Kernel(km, kc)
+    kernel.launcher = request.param  # type: ignore[attr-defined]
+    kernel.table = _load_set(kernel, request.param)  # type: ignore[attr-defined]
+    yield kernel
+    stop_kernel(km, kc)
+
+
+def test_load_shows_every_process_and_all_devices(jset: Kernel) -> None:
+    table = jset.table  # type: ignore[attr-defined]
+    assert "process_count: 2" in table and "device_count: 4" in table
+    assert f"launcher: {jset.launcher}" in table  # type: ignore[attr-defined]
+    assert "  0: " in table and "  1: " in table and "devices [0, 1]" in table
+    res = jset.ok("import jax\n(jax.process_count(), jax.device_count(), jax.local_device_count())")
+    assert _value(res) == "(2, 4, 2)"
+
+
+def test_cross_process_psum_and_sharded_matmul_match_one_process(jset: Kernel) -> None:
+    res = jset.ok(
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "summed = jax.pmap(lambda x: jax.lax.psum(x, 'i'), axis_name='i')(jnp.arange(2.0) + 2 * jax.process_index())\n"
+        "mesh = Mesh(np.array(jax.devices()), ('d',))\n"
+        "A = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 100\n"
+        "B = np.linspace(-1, 1, 32 * 16, dtype=np.float32).reshape(32, 16)\n"
+        "rows = A.reshape(2, 32, 32)[jax.process_index()]\n"
+        "a = jax.make_array_from_process_local_data(NamedSharding(mesh, P('d', None)), rows)\n"
+        "c = jax.jit(lambda a, b: a @ b, out_shardings=NamedSharding(mesh, P()))(a, B)\n"
+        "one_process = jax.jit(lambda a, b: a @ b)(jnp.asarray(A), jnp.asarray(B))\n"
+        "(a.shape, len(a.sharding.device_set), summed.tolist(),\n"
+        " bool(np.allclose(np.asarray(c), np.asarray(one_process), rtol=1e-5)))"
+    )
+    assert _value(res) == "((64, 32), 4, [6.0, 6.0], True)"
+
+
+def test_stdout_and_results_from_process_0_stderr_from_all(jset: Kernel) -> None:
+    res = jset.ok(
+        "import sys\nprint('out', jax.process_index())\nprint('err', jax.process_index(), file=sys.stderr)\n"
+        "jax.process_index()"
+    )
+    assert res.stdout == "out 0\n"
+    assert sorted(res.stderr.splitlines()) == ["[0] err 0", "[1] err 1"]
+    assert _value(res) == "0"
+
+
+def test_jax_output_chooses_whose_output_shows(jset: Kernel) -> None:
+    try:
+        res = jset.ok("%jax_output all")
+        assert "every process" in res.stdout
+        res = jset.ok("print('hi', jax.process_index())")
+        assert sorted(res.stdout.splitlines()) == ["[0] hi 0", "[1] hi 1"]
+        jset.ok("%jax_output 1")
+        res = jset.ok("print('hi', jax.process_index())\njax.process_index()")
+        assert res.stdout == "hi 1\n" and _value(res) == "1"
+        bad = execute(jset.kc, "%jax_output 7")
+        assert bad.reply["status"] == "error" and "usage: %jax_output all|0..1" in bad.reply["evalue"]
+    finally:
+        jset.ok("%jax_output 0")
+    assert jset.ok("print('back')").stdout == "back\n"
+
+
+def test_error_in_one_process_fails_the_cell_naming_it(jset: Kernel) -> None:
+    jset.ok("kept = 'still here'")
+    res = execute(jset.kc, "if jax.process_index() == 1:\n    raise ValueError('only in one')")
+    assert res.reply["status"] == "error" and res.reply["ename"] == "ValueError"
+    assert "[process 1]" in res.reply["evalue"]
+    assert res.error is not None and res.error["traceback"][0] == "[process 1]"
+    same = execute(jset.kc, "1 / 0")
+    assert [e["traceback"][0] for e in same.of("error")] == ["[every process (0, 1)]"]
+    assert _value(jset.ok("kept")) == "'still here'"
+
+
+def test_entry_points_run_across_the_set(jset: Kernel) -> None:
+    res = jset.ok(
+        "%jax pmap \"lambda x: jax.lax.psum(x, 'i')\" jnp.ones(2) --axis-name i --out psummed\n"
+        "psummed.tolist()"
+    )
+    assert _value(res) == "[4.0, 4.0]"
+
+
+def test_interrupt_reaches_every_process(jset: Kernel) -> None:
+    pids = _member_pids(jset)
+    msg_id = jset.kc.execute("import time\ntime.sleep(30)")
+    time.sleep(1.0)
+    started = time.monotonic()
+    jset.km.interrupt_kernel()
+    (reply,) = shell_replies(jset.kc, msg_id)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - started < 3
+    assert _member_pids(jset) == pids  # Python-level code stops in every process: the set is kept
+
+
+def test_stuck_jitted_loop_is_interrupted_by_replacing_the_set(jset: Kernel) -> None:
+    res_box: list = []
+    code = (
+        "spin = jax.jit(lambda x: jax.lax.fori_loop(0, 2**31 - 1, lambda i, v: jnp.sin(v) + 1.0, x))\n"
+        "spin(1.0)"
+    )
+    runner = threading.Thread(target=lambda: res_box.append(execute(jset.kc, code, timeout=60)))
+    runner.start()
+    time.sleep(3.0)
+    jset.km.interrupt_kernel()
+    runner.join(60)
+    res = res_box[0]
+    assert res.reply["status"] == "error"
+    assert "did not stop within" in res.reply["evalue"] and "set of 2" in res.reply["evalue"]
+    assert _value(jset.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
+    _imports(jset)
+
+
+def test_crash_of_one_process_is_reported_and_the_set_replaced(jset: Kernel) -> None:
+    old = _member_pids(jset)
+    res = execute(
+        jset.kc,
+        "import os, signal, time\nif jax.process_index() == 1:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(5)",
+        timeout=SET_TIMEOUT,
+    )
+    assert res.reply["status"] == "error" and res.reply["ename"] == "WorkerDied"
+    evalue = res.reply["evalue"]
+    assert f"lost process 1 (pid {old[1]}" in evalue or f"lost process 1 (pid {old[0]}" in evalue
+    assert "cannot lose a member" in evalue and "A fresh set of 2 processes was started" in evalue
+    assert _value(jset.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
+    _imports(jset)
+    assert all(_gone(pid, 5) for pid in old)
+
+
+def test_back_to_one_process_and_no_member_left(jset: Kernel) -> None:
+    pids = _member_pids(jset)
+    res = jset.ok("%load_jax --processes 1", timeout=SET_TIMEOUT)
+    assert "process_count" not in res.of("display_data")[0]["data"]["text/plain"]
+    assert _value(jset.ok("import jax\njax.process_count()")) == "1"
+    assert all(_gone(pid, 5) for pid in pids)
+    jset.table = _load_set(jset, jset.launcher)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("launcher", ["local", pytest.param("mpi", marks=needs_mpi)])
+def test_no_member_outlives_a_killed_kernel(launcher: str) -> None:
+    km, kc = start_kernel(env={**os.environ, **MPI_ENV})
+    kernel = Kernel(km, kc)
+    try:
+        _load_set(kernel, launcher)
+        pids = _member_pids(kernel)
+        kc.execute("import time; time.sleep(60)")  # busy in a cell, not waiting on the wire
+        time.sleep(0.5)
+        os.kill(km.provisioner.process.pid, signal.SIGKILL)
+        assert all(_gone(pid, 10) for pid in pids), "a set member outlived its kernel"
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
+
+
+def test_bad_set_requests_get_one_line_errors(jset: Kernel) -> None:
+    for code, text in (
+        ("%load_jax --processes 0", "processes must be between 1 and 1024"),
+        ("%load_jax --processes 2 --launcher 'no such'", "launcher must be a launcher name"),
+    ):
+        res = execute(jset.kc, code)
+        assert res.reply["status"] == "error" and text in res.reply["evalue"], res.reply
+    assert _value(jset.ok("jax.process_count()")) == "2"
+
+
+def test_unknown_launcher_names_the_known_ones() -> None:
+    km, kc = start_kernel()
+    kernel = Kernel(km, kc)
+    try:
+        kernel.ok("kept = 1")
+        res = execute(kc, "%load_jax --processes 2 --launcher nosuch", timeout=SET_TIMEOUT)
+        assert res.reply["status"] == "error"
+        assert "unknown launcher 'nosuch'; known:" in res.reply["evalue"] and "mpi" in res.reply["evalue"]
+        assert _value(kernel.ok("kept")) == "1"  # refused before the worker was replaced
+    finally:
+        stop_kernel(km, kc)
+
+
+def _set_port() -> tuple[int, str]:
+    """The port and key of the running set, from its connection file (tests own the runtime dir)."""
+    import glob
+    import json
+
+    (path,) = glob.glob(os.path.join(os.environ["JUPYTER_RUNTIME_DIR"], "jax-set-*", "connection.json"))
+    with open(path) as f:
+        info = json.load(f)
+    return info["port"], info["key"]
+
+
+def test_connections_without_the_key_are_turned_away(jset: Kernel) -> None:
+    import socket
+
+    from jax_kernel import wire
+
+    if jset.launcher != "local":  # type: ignore[attr-defined]
+        pytest.skip("the wire is the same whatever the launcher")
+    port, key = _set_port()
+    for forged_key in (os.urandom(32), bytes.fromhex(key)):
+        # Without the key the hello fails authentication; with it, the set is already complete.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            nonce = sock.recv(wire.NONCE_BYTES)
+            conn = wire.SignedConnection(sock, forged_key, nonce, b"W")
+            hello = {
+                "type": "hello",
+                "pid": 1,
+                "protocol": wire.PROTOCOL_VERSION,
+                "host": "x",
+                "rank": 0,
+                "port": 1,
+            }
+            try:
+                conn.send(hello)
+                assert conn.recv(timeout=10) is None, "a stranger got an answer"
+            except (EOFError, ConnectionResetError):
+                pass  # turned away: the kernel closed the connection
+    assert _value(jset.ok("jax.process_count()")) == "2"
+
+
+@pytest.fixture(scope="module")
+def strict_set() -> Iterator[Kernel]:
+    """A set under the strict sandbox profile (no network but what the set needs), quick to call silent."""
+    km, kc = start_kernel(extra_arguments=["--Sandbox.profile=strict", "--ProcessSet.heartbeat_timeout=3"])
+    kernel = Kernel(km, kc)
+    _load_set(kernel, "local")
+    yield kernel
+    stop_kernel(km, kc)
+
+
+def _fixed_port_server():  # noqa: ANN202 - a socket
+    import socket
+
+    for port in range(20000, 20200):
+        try:
+            return socket.create_server(("127.0.0.1", port))
+        except OSError:
+            continue
+    pytest.skip("no free port in 20000-20199")
+
+
+def test_strict_profile_members_reach_each_other_and_nothing_else(strict_set: Kernel) -> None:
+
+    res = strict_set.ok("%sandbox")
+    assert "TCP connect only to ports" in res.stdout
+    assert _value(
+        strict_set.ok("jax.pmap(lambda x: jax.lax.psum(x, 'i'), axis_name='i')(jnp.ones(2)).tolist()")
+    ) == ("[4.0, 4.0]")
+    with _fixed_port_server() as server:  # below the ephemeral range, where gloo's peers listen
+        port = server.getsockname()[1]
+        res = execute(
+            strict_set.kc,
+            f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5)\n"
+            "    print('connected')\nexcept PermissionError as e:\n    print('refused', e.errno)",
+        )
+        assert res.stdout == "refused 13\n"
+
+
+def test_a_silent_member_is_detected_and_the_set_replaced(strict_set: Kernel) -> None:
+    pids = _member_pids(strict_set)
+    os.kill(pids[1], signal.SIGSTOP)  # alive, connected, silent: a host that hangs
+    try:
+        res = execute(strict_set.kc, "import time\ntime.sleep(20)", timeout=SET_TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[1], signal.SIGCONT)
+    assert res.reply["status"] == "error" and "went silent: no heartbeat for 3 s" in res.reply["evalue"]
+    assert _value(strict_set.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
+    assert all(_gone(pid, 5) for pid in pids)
