@@ -113,7 +113,22 @@ def start_distributed(member: Mapping[str, Any]) -> None:
         process_id=int(member["index"]),
         initialization_timeout=int(member.get("timeout", 120)),
     )
-    jax.devices()
+    # One all-reduce over every device: gloo connects its peers on the first collective (and says
+    # so on stdout, which would land in the user's first cell), and a member whose peers it can't
+    # reach fails here, at start, rather than hanging in a cell.
+    import jax.numpy as jnp
+
+    saved = os.dup(1)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        jax.pmap(lambda x: jax.lax.psum(x, "i"), axis_name="i")(
+            jnp.ones(jax.local_device_count())
+        ).block_until_ready()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _set_conflicts(settings: Mapping[str, Any]) -> list[str]:
