@@ -279,6 +279,13 @@ def check_load_settings(settings: Mapping[str, Any], from_strings: bool = False)
             f"launcher must be a launcher name such as 'local', 'mpi' or 'slurm' "
             f"(or module:Class), not {out['launcher'][:60]!r}"
         )
+    if out.get("processes", 1) > 1:
+        for key, flag in (("host_device_count", "--host-devices"), ("devices", "--devices")):
+            if key in out:
+                raise JaxSpecError(
+                    f"{key} ({flag}) counts one worker's devices; a set of processes takes "
+                    "devices_per_process (--devices-per-process K) instead"
+                )
     if "host_device_count" in out and not 1 <= out["host_device_count"] <= 1024:
         raise JaxSpecError("host_device_count must be between 1 and 1024")
     if "memory_fraction" in out:

@@ -63,10 +63,16 @@ class Result:
 
 
 def start_kernel(
-    extra_arguments: list[str] | None = None, env: dict[str, str] | None = None, **km_kwargs: Any
+    extra_arguments: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    **km_kwargs: Any,
 ) -> tuple[KernelManager, BlockingKernelClient]:
     km = KernelManager(kernel_name=KERNEL_NAME, **km_kwargs)
-    km.start_kernel(extra_arguments=extra_arguments or [], **({"env": env} if env else {}))
+    launch: dict[str, Any] = {"env": env} if env else {}
+    if cwd:
+        launch["cwd"] = cwd  # the notebook's folder, as a frontend would give it
+    km.start_kernel(extra_arguments=extra_arguments or [], **launch)
     kc = km.client()
     kc.start_channels()
     kc.wait_for_ready(timeout=TIMEOUT)

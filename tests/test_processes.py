@@ -68,9 +68,10 @@ def _gone(pid: int, within: float) -> bool:
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("mpi", marks=needs_mpi)])
-def jset(request: pytest.FixtureRequest) -> Iterator[Kernel]:
-    """One kernel per launcher, running a set of 2 processes x 2 CPU devices."""
-    km, kc = start_kernel(env={**os.environ, **MPI_ENV})
+def jset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    """One kernel per launcher, running a set of 2 processes x 2 CPU devices (in a folder of its own,
+    which every process of the set can write)."""
+    km, kc = start_kernel(env={**os.environ, **MPI_ENV}, cwd=str(tmp_path_factory.mktemp("set")))
     kernel = Kernel(km, kc)
     kernel.launcher = request.param  # type: ignore[attr-defined]
     kernel.table = _load_set(kernel, request.param)  # type: ignore[attr-defined]
@@ -148,6 +149,20 @@ def test_entry_points_run_across_the_set(jset: Kernel) -> None:
         "psummed.tolist()"
     )
     assert _value(res) == "[4.0, 4.0]"
+    jset.ok(
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "import numpy as np\n"
+        "mesh = Mesh(np.array(jax.devices()), ('d',))\n"
+        "x = jax.make_array_from_process_local_data(\n"
+        "    NamedSharding(mesh, P('d')), np.arange(4.0, dtype=np.float32) + 4 * jax.process_index())\n"
+        "def twice_sum(v):\n    return jnp.sum(v * 2)\n"
+        "if jax.process_index() == 0:\n"
+        "    get_ipython().run_line_magic('jax_export', 'twice_sum x --out twice_sum.jax')\n"
+        "from jax.experimental import multihost_utils\n"
+        "multihost_utils.sync_global_devices('exported')"
+    )
+    res = jset.ok("%jax_program twice_sum.jax x --out total\nfloat(total)")
+    assert _value(res) == str(2.0 * sum(range(8)))
 
 
 def test_interrupt_reaches_every_process(jset: Kernel) -> None:
@@ -225,6 +240,7 @@ def test_bad_set_requests_get_one_line_errors(jset: Kernel) -> None:
     for code, text in (
         ("%load_jax --processes 0", "processes must be between 1 and 1024"),
         ("%load_jax --processes 2 --launcher 'no such'", "launcher must be a launcher name"),
+        ("%load_jax --processes 2 --host-devices 2", "a set of processes takes devices_per_process"),
     ):
         res = execute(jset.kc, code)
         assert res.reply["status"] == "error" and text in res.reply["evalue"], res.reply

@@ -379,7 +379,13 @@ def load(settings: Mapping[str, Any]) -> JaxInfo:
             raise JaxLoadError("a set of processes needs the jax kernel (%load_jax --processes N)")
         count = settings.get("processes") or STATE.member.get("count", 1)
         what = f"a set of {count} processes" if count > 1 else "a single worker process"
-        raise JaxRestartRequired({**STATE.applied, **settings}, f"{what} asked for ({', '.join(changes)})")
+        carried = dict(STATE.applied)
+        if count != int(STATE.member.get("count", 1)):
+            # Devices are counted per process in a set (devices_per_process) and per worker
+            # otherwise: what this worker was started with does not carry over to the other shape.
+            for key in ("host_device_count", "devices", "devices_per_process", "launcher"):
+                carried.pop(key, None)
+        raise JaxRestartRequired({**carried, **settings}, f"{what} asked for ({', '.join(changes)})")
     if backend_started():
         if settings.get("devices") is not None and not settings.get("platform"):
             settings["platform"] = _platform()
