@@ -43,7 +43,8 @@ class JaxClient:
 
     def load_jax(self, **settings: Any) -> dict[str, Any]:
         """jax_load_request: platform, devices, x64, host_device_count, memory_fraction, preallocate,
-        compilation_cache_dir, matmul_precision (as load_jax_library)."""
+        compilation_cache_dir, matmul_precision, processes, launcher, devices_per_process (as
+        load_jax_library)."""
         return self.request("jax_load_request", {k: v for k, v in settings.items() if v is not None})
 
     def transform(

@@ -608,7 +608,9 @@ class WorkerSet:
         for m in list(self.members):
             if m.gone:
                 continue
-            if now - m.last_seen > self._options.heartbeat_timeout and (m.ready is not None or m.hello):
+            # Before it is ready a member is busy importing and joining (it sends no heartbeats yet):
+            # start_timeout covers that part.
+            if m.ready is not None and now - m.last_seen > self._options.heartbeat_timeout:
                 self._lost(
                     m,
                     f"went silent: no heartbeat for {self._options.heartbeat_timeout:g} s "

@@ -247,15 +247,25 @@ def test_bad_set_requests_get_one_line_errors(jset: Kernel) -> None:
     assert _value(jset.ok("jax.process_count()")) == "2"
 
 
-def test_unknown_launcher_names_the_known_ones() -> None:
+def test_jax_load_request_makes_a_set_and_unknown_launchers_are_refused() -> None:
+    from jax_kernel.client import JaxClient
+
     km, kc = start_kernel()
     kernel = Kernel(km, kc)
+    client = JaxClient(kc, timeout=SET_TIMEOUT)
     try:
         kernel.ok("kept = 1")
         res = execute(kc, "%load_jax --processes 2 --launcher nosuch", timeout=SET_TIMEOUT)
         assert res.reply["status"] == "error"
         assert "unknown launcher 'nosuch'; known:" in res.reply["evalue"] and "mpi" in res.reply["evalue"]
         assert _value(kernel.ok("kept")) == "1"  # refused before the worker was replaced
+        reply = client.load_jax(processes=2, devices_per_process=1)
+        assert reply["status"] == "ok" and reply["worker_replaced"] is True, reply
+        info = reply["info"]
+        assert (info["process_count"], info["device_count"], info["launcher"]) == (2, 2, "local")
+        assert [p["index"] for p in info["processes"]] == [0, 1]
+        assert all(p["host"] and p["pid"] > 0 and len(p["devices"]) == 1 for p in info["processes"])
+        assert _value(kernel.ok("import jax\njax.process_count()")) == "2"
     finally:
         stop_kernel(km, kc)
 
