@@ -701,6 +701,28 @@ def main(argv: list[str] | None = None) -> int:
     return report(argv, build_rows(rt, st, cr, jit), t_start)
 
 
+def printed_seconds(kernel: Kernel, code: str, mark: str) -> float:
+    """Run ``code``, which prints ``MARK <seconds>`` (a time taken inside the cell), and return it."""
+    import re
+
+    cell = kernel.run_ok(code)
+    m = re.search(mark + r" ([0-9.eE+-]+)", cell.stdout())
+    if m is None:
+        raise BenchError(f"{kernel.name}: the cell printed {cell.stdout()[:200]!r}, not {mark}")
+    return float(m.group(1))
+
+
+def rounds_from_argv(argv: list[str], doc: str) -> int:
+    """``--quick`` (2 rounds) or ``--reps N`` (default 5), and the environment every script runs in."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
+    parser.add_argument("--reps", type=int, default=None)
+    args = parser.parse_args(argv[1:])
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    return args.reps or (2 if args.quick else 5)
+
+
 def report(argv: list[str], rows: list[Row], t_start: float) -> int:
     """Print the header, the table, the wall time and any notes; exit status 1 if there were notes."""
     print(header(argv))

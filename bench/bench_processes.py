@@ -21,16 +21,26 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import socket
 import subprocess
 import sys
 import textwrap
 import time
 
-from bench_kernel import JAX, NOTES, PY, BenchError, Kernel, Row, ratio, report, spread
+from bench_kernel import (
+    JAX,
+    NOTES,
+    PY,
+    BenchError,
+    Kernel,
+    Row,
+    printed_seconds,
+    ratio,
+    report,
+    rounds_from_argv,
+    spread,
+)
 
 SET = "%load_jax --processes 2 --devices-per-process 1"
 ONE = "%load_jax --processes 1 --host-devices 2"
@@ -96,11 +106,7 @@ def plain_jax_two_processes() -> float:
 
 
 def step_seconds(k: Kernel) -> float:
-    cell = k.run_ok(STEP_CELL)
-    m = re.search(STEP_MARK + r" ([0-9.eE+-]+)", cell.stdout())
-    if m is None:
-        raise BenchError(f"the step cell printed {cell.stdout()[:200]!r}")
-    return float(m.group(1))
+    return printed_seconds(k, STEP_CELL, STEP_MARK)
 
 
 def round_trips(k: Kernel, n: int) -> list[float]:
@@ -170,13 +176,7 @@ def rows(r: dict[str, list[float]]) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
-    parser.add_argument("--reps", type=int, default=None)
-    args = parser.parse_args(argv[1:])
-    reps = args.reps or (2 if args.quick else 5)
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    reps = rounds_from_argv(argv, __doc__)
     t0 = time.perf_counter()
     try:
         results = bench(reps)

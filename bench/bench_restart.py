@@ -24,9 +24,6 @@ measured separately ("back-to-back").
 
 from __future__ import annotations
 
-import argparse
-import os
-import re
 import sys
 import tempfile
 import time
@@ -39,8 +36,10 @@ from bench_kernel import (
     BenchError,
     Kernel,
     Row,
+    printed_seconds,
     ratio,
     report,
+    rounds_from_argv,
     spread,
 )
 
@@ -126,11 +125,7 @@ def restart_then(k: Kernel, code: str) -> float:
 
 
 def compile_seconds(k: Kernel) -> float:
-    cell = k.run_ok(COMPILE_CELL)
-    m = re.search(COMPILE_MARK + r" ([0-9.eE+-]+)", cell.stdout())
-    if m is None:
-        raise BenchError(f"{k.name}: the compile cell printed {cell.stdout()[:200]!r}")
-    return float(m.group(1))
+    return printed_seconds(k, COMPILE_CELL, COMPILE_MARK)
 
 
 def bench(reps: int, cache_dir: str) -> dict[str, list[float]]:
@@ -244,13 +239,7 @@ def rows(r: dict[str, list[float]]) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
-    parser.add_argument("--reps", type=int, default=None)
-    args = parser.parse_args(argv[1:])
-    reps = args.reps or (2 if args.quick else 5)
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    reps = rounds_from_argv(argv, __doc__)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jax-kernel-bench-cache-") as cache:
         try:

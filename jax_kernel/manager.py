@@ -234,18 +234,16 @@ class WorkerManager(LoggingConfigurable):
             platform=settings.get("platform") or self.accelerators.host_platform(),
             config=config,
             env={**self._base_env(), **env},
-            prepare_sandbox=lambda: self.sandbox.prepare_worker(
-                extra_writable=[self.compilation_cache_dir] if self.compilation_cache else []
-            ),
+            prepare_sandbox=self._prepare_sandbox,
             release_sandbox=self.sandbox.worker_exited,
             options=options,
-            max_frame=self.max_message_bytes,
-            stream_limit=self.stream_limit,
-            loop=self._loop,
-            on_message=self._on_message,
-            on_problem=self._on_problem,
-            on_exit=self._on_exit,
-            log=self.log,
+            **self._wiring(),
+        )
+
+    def _prepare_sandbox(self) -> Any:
+        """One worker's sandbox: the policy, its cgroups, and the compilation cache it may write."""
+        return self.sandbox.prepare_worker(
+            extra_writable=[self.compilation_cache_dir] if self.compilation_cache else []
         )
 
     def _base_env(self) -> dict[str, str]:
@@ -264,9 +262,7 @@ class WorkerManager(LoggingConfigurable):
         full_env = self._base_env()
         if env is not None:
             full_env.update(env)
-        sandbox = self.sandbox.prepare_worker(
-            extra_writable=[self.compilation_cache_dir] if self.compilation_cache else []
-        )
+        sandbox = self._prepare_sandbox()
         config = {
             **config,
             "max_frame": self.max_message_bytes,
@@ -277,16 +273,19 @@ class WorkerManager(LoggingConfigurable):
 
     def _watch(self, spawned: Spawned) -> WorkerProcess:
         assert self._loop is not None
-        return WorkerProcess(
-            spawned=spawned,
-            max_frame=self.max_message_bytes,
-            stream_limit=self.stream_limit,
-            loop=self._loop,
-            on_message=self._on_message,
-            on_problem=self._on_problem,
-            on_exit=self._on_exit,
-            log=self.log,
-        )
+        return WorkerProcess(spawned=spawned, **self._wiring())
+
+    def _wiring(self) -> dict[str, Any]:
+        """What a worker (or a set) needs from the manager: limits, the loop, the callbacks."""
+        return {
+            "max_frame": self.max_message_bytes,
+            "stream_limit": self.stream_limit,
+            "loop": self._loop,
+            "on_message": self._on_message,
+            "on_problem": self._on_problem,
+            "on_exit": self._on_exit,
+            "log": self.log,
+        }
 
     def _spawn(self, config: dict[str, Any], env: dict[str, str] | None) -> WorkerProcess:
         return self._watch(self._launch(config, env))
