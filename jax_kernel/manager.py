@@ -236,9 +236,19 @@ class WorkerManager(LoggingConfigurable):
             env={**self._base_env(), **env},
             prepare_sandbox=self._prepare_sandbox,
             release_sandbox=self.sandbox.worker_exited,
+            lease_local=self._lease_for_set,
             options=options,
             **self._wiring(),
         )
+
+    def _lease_for_set(self, count: int) -> Lease | None:
+        """Lease ``count`` devices (cores on a CPU host) for a set's members on this host, when the
+        policy leases devices at all (``Accelerators.devices`` other than ``all``); LeaseError if
+        they are not free."""
+        if self.accelerators.devices == "all" or count == 0:
+            return None
+        allowed = self.sandbox.accelerators if self.sandbox.enabled else "all"
+        return self.accelerators.acquire(self.accelerators.host_platform(), count, allowed)
 
     def _prepare_sandbox(self) -> Any:
         """One worker's sandbox: the policy, its cgroups, and the compilation cache it may write."""
@@ -363,9 +373,20 @@ class WorkerManager(LoggingConfigurable):
             return None
         platform, wanted = request
         allowed = self.sandbox.accelerators if self.sandbox.enabled else "all"
+        # A set being replaced by one worker: its devices are ours too (flock counts each open file).
+        set_lease = self.worker.lease if isinstance(self.worker, WorkerSet) else None
+        if set_lease is not None:
+            set_lease.release()
         try:
             self.lease = self.accelerators.acquire(platform, wanted, allowed)
         except LeaseError:
+            if set_lease is not None and isinstance(self.worker, WorkerSet):
+                try:
+                    self.worker.lease = self.accelerators.acquire(
+                        set_lease.platform, set_lease.devices, allowed
+                    )
+                except LeaseError:
+                    self.log.warning("Lost the lease of the set's processes while trying another")
             if old_request is not None:
                 try:
                     self.lease = self.accelerators.acquire(old_request[0], old_request[1], allowed)
@@ -395,6 +416,8 @@ class WorkerManager(LoggingConfigurable):
 
     def _device_request(self, settings: dict[str, Any]) -> tuple[str, Any] | None:
         """(platform, count or ids) to lease, or None when the worker takes devices unleased."""
+        if settings.get("processes", 1) > 1:
+            return None  # a set leases for its members on this host itself, once it knows how many
         devices = settings.get("devices")
         if devices is None and self.accelerators.devices != "all":
             devices = jaxspec.parse_devices(self.accelerators.devices)

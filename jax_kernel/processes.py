@@ -199,6 +199,7 @@ class WorkerSet:
         env: dict[str, str],
         prepare_sandbox: Callable[[], Any],
         release_sandbox: Callable[[Any], None],
+        lease_local: Callable[[int], Any],
         options: ProcessSet,
         max_frame: int,
         stream_limit: int,
@@ -217,6 +218,8 @@ class WorkerSet:
         self.log = log
         self._config, self._env = config, env
         self._prepare_sandbox, self._release_sandbox = prepare_sandbox, release_sandbox
+        self._lease_local = lease_local
+        self.lease: Any = None  # devices leased on this host for the members that run here
         self._options = options
         self._max_frame = max_frame
         self._loop = loop
@@ -360,6 +363,14 @@ class WorkerSet:
         coordinator = f"{_host_part(first.peer_ip)}:{first.port}"
         table = [{"index": m.index, "host": m.host, "pid": m.pid} for m in self.members]
         self.pid = first.pid
+        here = socket.gethostname()
+        try:  # the members on this host take their devices through the kernel's leases, as one worker does
+            self.lease = self._lease_local(
+                sum(1 for m in self.members if m.host == here) * self.devices_per_process
+            )
+        except Exception as e:  # noqa: BLE001 - a LeaseError says who holds what
+            self._end(f"could not lease devices for its processes on this host: {e}")
+            return
         per_host: dict[str, int] = {}
         for m in self.members:
             local_rank = per_host.get(m.host, 0)
@@ -387,6 +398,8 @@ class WorkerSet:
             }
             config = {**self._config, "max_frame": self._max_frame, "sandbox": policy, "member": member}
             env = {**self._env, **self._device_env(local_rank)}
+            if self.lease is not None and m.host == here:
+                config.update(self._leased(local_rank, env))
             self._send(m, {"type": "setup", "id": 0, "config": config, "env": env})
 
     def _device_env(self, local_rank: int) -> dict[str, str]:
@@ -398,6 +411,20 @@ class WorkerSet:
 
         ids = list(range(local_rank * k, (local_rank + 1) * k))
         return settings_env({"platform": self.platform, "devices": ids})
+
+    def _leased(self, local_rank: int, env: dict[str, str]) -> dict[str, Any]:
+        """The local member's slice of the lease: cores (pinned) or accelerators (made visible)."""
+        from .accelerators import Lease, pin_env
+
+        k = self.devices_per_process
+        mine = self.lease.devices[local_rank * k : (local_rank + 1) * k]
+        unit = "cores" if self.lease.platform == "cpu" else f"{self.lease.platform} devices"
+        extra: dict[str, Any] = {"lease": f"{unit} {', '.join(map(str, mine))} ({self.lease.mode})"}
+        if self.lease.platform == "cpu":
+            extra["cpu_affinity"] = mine
+        else:
+            env.update(pin_env(Lease(self.lease.platform, mine, self.lease.mode)))
+        return extra
 
     # reading ------------------------------------------------------------------------
     def _read(self, m: Member) -> None:
@@ -708,6 +735,8 @@ class WorkerSet:
         for m in self.members:
             if m.sandbox is not None:
                 self._release_sandbox(m.sandbox)
+        if self.lease is not None:
+            self.lease.release()
         self._diag = self._read_output()
         shutil.rmtree(self._dir, ignore_errors=True)
         self._closed.set()

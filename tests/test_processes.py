@@ -33,9 +33,12 @@ def _value(res) -> str:  # noqa: ANN001 - a conftest Result
 
 
 def _load_set(kernel: Kernel, launcher: str) -> str:
-    res = kernel.ok(
-        f"%load_jax --processes 2 --launcher {launcher} --devices-per-process 2", timeout=SET_TIMEOUT
-    )
+    return _load_set_of(kernel, f"%load_jax --processes 2 --launcher {launcher} --devices-per-process 2")
+
+
+def _load_set_of(kernel: Kernel, line: str) -> str:
+    """Run a %load_jax that starts a set; the table it shows."""
+    res = kernel.ok(line, timeout=SET_TIMEOUT)
     _imports(kernel)
     return res.of("display_data")[0]["data"]["text/plain"]
 
@@ -359,3 +362,21 @@ def test_a_silent_member_is_detected_and_the_set_replaced(strict_set: Kernel) ->
     assert res.reply["status"] == "error" and "went silent: no heartbeat for 3 s" in res.reply["evalue"]
     assert _value(strict_set.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
     assert all(_gone(pid, 5) for pid in pids)
+
+
+def test_members_on_this_host_take_their_cores_through_leases() -> None:
+    """With a leasing policy, each local process is pinned to its own leased core(s), as one worker is."""
+    km, kc = start_kernel(extra_arguments=["--Accelerators.devices=auto"])
+    kernel = Kernel(km, kc)
+    try:
+        table = _load_set_of(kernel, "%load_jax --processes 2 --devices-per-process 1")
+        assert "lease: cores " in table
+        res = kernel.ok("import os, sys\nprint(sorted(os.sched_getaffinity(0)), file=sys.stderr)")
+        cores = sorted(line.split("] ", 1)[1] for line in res.stderr.splitlines())
+        assert len(set(cores)) == 2, res.stderr  # two processes, two different cores
+        kernel.ok("%load_jax --processes 1", timeout=SET_TIMEOUT)
+        assert (
+            _value(kernel.ok("import os\nlen(os.sched_getaffinity(0))")) == "1"
+        )  # the single worker's lease again
+    finally:
+        stop_kernel(km, kc)
