@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Kernel, execute, shell_replies, start_kernel, stop_kernel
+from conftest import Kernel, execute, request, shell_replies, start_kernel, stop_kernel
 
 #: Open MPI refuses root and counts slots by cores; CI runs as root on 2 cores.
 MPI_ENV = {
@@ -89,6 +89,11 @@ def test_load_shows_every_process_and_all_devices(jset: Kernel) -> None:
     assert "  0: " in table and "  1: " in table and "devices [0, 1]" in table
     res = jset.ok("import jax\n(jax.process_count(), jax.device_count(), jax.local_device_count())")
     assert _value(res) == "(2, 4, 2)"
+    # Completion and inspection come from process 0 (one answer, not one per process).
+    reply = request(jset.kc, "complete", "jax.process_co", 14)
+    assert reply["status"] == "ok" and reply["matches"] == ["process_count"]
+    reply = request(jset.kc, "inspect", "jax.process_index", 17)
+    assert reply["found"] and "process" in reply["data"]["text/plain"]
 
 
 def test_cross_process_psum_and_sharded_matmul_match_one_process(jset: Kernel) -> None:
