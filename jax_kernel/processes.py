@@ -6,8 +6,8 @@ launcher* (local processes, ``mpiexec``, SLURM, PBS, SGE, LSF, HTCondor, SSH, or
 registered in the ``ipyparallel.engine_launchers`` entry-point group) starts jax-kernel's member
 command (:mod:`jax_kernel.worker.member`) instead of ``ipengine``.  Each member connects back to
 the kernel over TCP, on the kernel's own wire (:mod:`jax_kernel.wire`): JSON frames, size-bounded,
-validated, never unpickled, and signed with HMAC-SHA256 under a per-set key that only the
-connection file (mode 0600) holds.  The kernel numbers the members (by launcher rank when there is
+validated, never unpickled, and encrypted and authenticated (ChaCha20-Poly1305) under a per-set
+key that only the connection file (mode 0600) holds.  The kernel numbers the members (by launcher rank when there is
 one), gives each its worker config, sandbox policy and devices, and every member joins JAX's
 distributed runtime (coordinator on process 0, gloo for CPU collectives) before it says ready.
 
@@ -156,7 +156,7 @@ class ProcessSet(LoggingConfigurable):
 class Member:
     """One connected member, as the kernel knows it (nothing it says is trusted beyond its wire)."""
 
-    conn: wire.SignedConnection
+    conn: wire.SealedConnection
     peer_ip: str
     index: int = -1
     pid: int = 0
@@ -337,7 +337,7 @@ class WorkerSet:
         except OSError:
             sock.close()
             return
-        member = Member(wire.SignedConnection(sock, self._key, nonce, b"K", self._max_frame), addr[0])
+        member = Member(wire.SealedConnection(sock, self._key, nonce, b"K", self._max_frame), addr[0])
         self.members.append(member)
         self._loop.add_reader(member.conn.fileno(), self._read, member)
 

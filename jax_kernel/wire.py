@@ -95,7 +95,6 @@ CONCURRENT_REQUESTS = frozenset({"usage"})
 #: Bytes of the per-connection nonce the kernel sends first on a set member's TCP connection.
 NONCE_BYTES = 16
 MAC = hashlib.sha256
-MAC_BYTES = MAC().digest_size
 
 STREAM_NAMES = frozenset({"stdout", "stderr"})
 
@@ -371,37 +370,47 @@ class Connection:
 
 
 class AuthenticationError(WireError):
-    """A frame whose signature does not match: not from the peer, altered, replayed or reordered."""
+    """A frame that fails authentication: not from the peer, altered, replayed or reordered."""
 
 
-class SignedConnection(Connection):
-    """A :class:`Connection` whose every frame carries an HMAC-SHA256 of its body.
+class SealedConnection(Connection):
+    """A :class:`Connection` whose frames are encrypted and authenticated (ChaCha20-Poly1305).
 
-    For set members, whose wire is TCP and may cross hosts.  Each connection gets its own key,
-    HMAC(set key, nonce) with the nonce the kernel sends first, and each direction numbers its
-    frames: a frame from another connection, an altered one, a replayed one or one out of order
-    fails :class:`AuthenticationError`, which the kernel treats as the member being lost.
-    ``side`` is ``b"K"`` (kernel) or ``b"W"`` (worker), so a frame can't be reflected back.
+    For set members, whose wire is TCP and may cross hosts: cells' code and outputs must not be
+    readable or forgeable on the network.  Each connection has its own key, HMAC-SHA256(set key,
+    nonce the kernel sends first), and each direction numbers its frames; the AEAD nonce is the
+    side and the number, so a frame from another connection, an altered one, a replayed one, one
+    out of order or one reflected back fails :class:`AuthenticationError`, which the kernel treats
+    as the member being lost.  ``side`` is ``b"K"`` (kernel) or ``b"W"`` (worker).
+    The AEAD is the ``cryptography`` package's, not ours: a cipher is not something to write.
     """
+
+    TAG_BYTES = 16
 
     def __init__(
         self, sock: socket.socket, key: bytes, nonce: bytes, side: bytes, max_frame: int = DEFAULT_MAX_FRAME
     ) -> None:
-        super().__init__(sock, max_frame=max_frame + MAC_BYTES)
-        self._key = hmac.new(key, nonce, MAC).digest()
+        super().__init__(sock, max_frame=max_frame + self.TAG_BYTES)
         self._side = side
         self._peer = b"W" if side == b"K" else b"K"
         self._sent = 0
         self._received = 0
+        self._set_key(hmac.new(key, nonce, MAC).digest())
+
+    def _set_key(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        self._key = key
+        self._aead = ChaCha20Poly1305(key)
 
     @classmethod
     def resume(
         cls, sock: socket.socket, state: Mapping[str, Any], side: bytes, max_frame: int = DEFAULT_MAX_FRAME
-    ) -> SignedConnection:
+    ) -> SealedConnection:
         """The same connection in a new process image (a member re-executes itself, see
         ``jax_kernel.worker.member``), from what :meth:`state` saved."""
         conn = cls(sock, b"", b"", side, max_frame=max_frame)
-        conn._key = bytes.fromhex(state["key"])
+        conn._set_key(bytes.fromhex(state["key"]))
         conn._sent, conn._received = int(state["sent"]), int(state["received"])
         conn._buf = bytearray.fromhex(state["buffer"])
         return conn
@@ -415,22 +424,23 @@ class SignedConnection(Connection):
             "buffer": self._buf.hex(),
         }
 
-    def _mac(self, side: bytes, seq: int, body: bytes) -> bytes:
-        return hmac.new(self._key, side + seq.to_bytes(8, "big") + body, MAC).digest()
+    @staticmethod
+    def _nonce(side: bytes, seq: int) -> bytes:
+        return side + b"\0\0\0" + seq.to_bytes(8, "big")
 
     def _seal(self, frame: bytes) -> bytes:
         # Called under the send lock: the sequence number and the bytes on the wire stay in step.
-        body = frame[HEADER.size :]
-        mac = self._mac(self._side, self._sent, body)
+        sealed = self._aead.encrypt(self._nonce(self._side, self._sent), frame[HEADER.size :], None)
         self._sent += 1
-        return HEADER.pack(len(body) + MAC_BYTES) + mac + body
+        return HEADER.pack(len(sealed)) + sealed
 
     def _unseal(self, body: bytes) -> bytes:
-        mac, payload = body[:MAC_BYTES], body[MAC_BYTES:]
-        if len(mac) < MAC_BYTES or not hmac.compare_digest(
-            mac, self._mac(self._peer, self._received, payload)
-        ):
-            raise AuthenticationError(f"frame {self._received} has a bad signature")
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            payload = self._aead.decrypt(self._nonce(self._peer, self._received), body, None)
+        except InvalidTag:
+            raise AuthenticationError(f"frame {self._received} failed authentication") from None
         self._received += 1
         return payload
 

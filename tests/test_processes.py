@@ -301,7 +301,7 @@ def test_connections_without_the_key_are_turned_away(jset: Kernel) -> None:
         # Without the key the hello fails authentication; with it, the set is already complete.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             nonce = sock.recv(wire.NONCE_BYTES)
-            conn = wire.SignedConnection(sock, forged_key, nonce, b"W")
+            conn = wire.SealedConnection(sock, forged_key, nonce, b"W")
             hello = {
                 "type": "hello",
                 "pid": 1,
@@ -316,6 +316,26 @@ def test_connections_without_the_key_are_turned_away(jset: Kernel) -> None:
             except (EOFError, ConnectionResetError):
                 pass  # turned away: the kernel closed the connection
     assert _value(jset.ok("jax.process_count()")) == "2"
+
+
+def test_a_member_that_forges_frames_loses_the_set(jset: Kernel) -> None:
+    """Cell code in a member writing on its own wire (unsealed bytes) can't fool the kernel."""
+    res = execute(
+        jset.kc,
+        "import os, struct, sys, time\n"
+        "if jax.process_index() == 1:\n"
+        "    args = open('/proc/self/cmdline').read().split('\\0')\n"
+        "    fd = int(args[args.index('--member') + 1])\n"
+        '    body = b\'{"type": "stream", "name": "stdout", "text": "forged"}\'\n'
+        "    os.write(fd, struct.pack('>I', len(body)) + body)\n"
+        "time.sleep(5)",
+        timeout=SET_TIMEOUT,
+    )
+    assert "forged" not in res.stdout
+    assert res.reply["status"] == "error" and "lost process 1" in res.reply["evalue"]
+    assert "failed authentication" in res.reply["evalue"]
+    assert _value(jset.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
+    _imports(jset)
 
 
 @pytest.fixture(scope="module")

@@ -142,3 +142,33 @@ def test_comm_with_a_buffer_that_is_not_base64_is_dropped(kernel: Kernel) -> Non
     assert "malformed buffer" in res.stderr
     assert not res.of("comm_msg")
     assert res.of("execute_result")[0]["data"]["text/plain"] == "'still here'"
+
+
+def test_sealed_wire_hides_and_authenticates_every_frame() -> None:
+    """A set member's TCP wire: nothing readable on the network, and no frame accepted out of place."""
+    import socket
+
+    key, nonce = b"k" * 32, b"n" * wire.NONCE_BYTES
+    a, b = socket.socketpair()
+    kernel = wire.SealedConnection(a, key, nonce, b"K")
+    worker = wire.SealedConnection(b, key, nonce, b"W")
+    kernel.send({"type": "execute", "id": 1, "code": "secret_token = 42"})
+    raw = b.recv(1 << 16)
+    assert b"secret_token" not in raw and b"execute" not in raw
+    worker._buf += raw
+    assert worker.recv(timeout=1)["code"] == "secret_token = 42"
+    # The same bytes again (a replay), a flipped bit, and the worker's own frame reflected back all fail.
+    for forged in (raw, raw[:-1] + bytes([raw[-1] ^ 1])):
+        worker._buf += forged
+        with pytest.raises(wire.AuthenticationError):
+            worker.recv(timeout=1)
+    worker.send({"type": "heartbeat"})
+    echoed = a.recv(1 << 16)
+    other = wire.SealedConnection(*socket.socketpair()[:1], key, nonce, b"W")
+    other._buf += echoed
+    with pytest.raises(wire.AuthenticationError):
+        other.recv(timeout=1)  # a worker does not accept a worker's frame
+    stranger = wire.SealedConnection(*socket.socketpair()[:1], b"x" * 32, nonce, b"K")
+    stranger._buf += echoed
+    with pytest.raises(wire.AuthenticationError):
+        stranger.recv(timeout=1)  # nor does anyone without the key

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket(fileno=fd)
     max_frame = int(config.get("max_frame", wire.DEFAULT_MAX_FRAME))
     if resume is not None:
-        conn: wire.Connection = wire.SignedConnection.resume(sock, resume, b"W", max_frame=max_frame)
+        conn: wire.Connection = wire.SealedConnection.resume(sock, resume, b"W", max_frame=max_frame)
     else:
         conn = wire.Connection(sock, max_frame=max_frame)
     sys.argv = [""]

@@ -7,7 +7,7 @@ are ignored).  It does as little as it can before it is sandboxed:
 1. arrange to die with its parent (the launcher's process: ``mpiexec``'s daemon, or the kernel);
 2. read the set's connection file (address and key, mode 0600) and connect back to the kernel
    over TCP; the kernel's first bytes are a nonce, from which both sides derive this
-   connection's HMAC key (:class:`jax_kernel.wire.SignedConnection`);
+   connection's key (encrypted and authenticated frames, :class:`jax_kernel.wire.SealedConnection`);
 3. say ``hello`` (pid, host, launcher rank, a free port for JAX's coordinator) and wait for
    ``setup``: the worker config and the scrubbed environment the kernel gives every worker;
 4. re-execute itself as an ordinary worker with that environment, so that nothing of the
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     nonce = _recv_exactly(sock, wire.NONCE_BYTES)
     sock.settimeout(None)
     max_frame = int(info.get("max_frame", wire.DEFAULT_MAX_FRAME))
-    conn = wire.SignedConnection(sock, bytes.fromhex(info["key"]), nonce, b"W", max_frame=max_frame)
+    conn = wire.SealedConnection(sock, bytes.fromhex(info["key"]), nonce, b"W", max_frame=max_frame)
     conn.send(
         {
             "type": "hello",
