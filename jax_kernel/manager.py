@@ -467,14 +467,17 @@ class WorkerManager(LoggingConfigurable):
         ready = worker.ready
         if ready.done() and not ready.cancelled() and ready.exception() is None:
             return worker  # the usual case: no wait_for, which costs a turn of the loop per request
+        # A set has its own, longer limit (a batch queue may hold it) and reports it itself.
+        is_set = isinstance(worker, WorkerSet)
+        timeout = self.processes.start_timeout + 5 if is_set else self.start_timeout
         try:
-            await asyncio.wait_for(asyncio.shield(worker.ready), self.start_timeout)
+            await asyncio.wait_for(asyncio.shield(worker.ready), timeout)
         except TimeoutError:
             worker.kill("it did not become ready in time")
             self.worker = None
+            setting = "ProcessSet.start_timeout" if is_set else "WorkerManager.start_timeout"
             raise WorkerStartFailed(
-                f"the worker did not start within {self.start_timeout:g} s "
-                "(raise WorkerManager.start_timeout if the machine is slow)"
+                f"the worker did not start within {timeout:g} s (raise {setting} if the machine is slow)"
             ) from None
         except WorkerDied as e:
             what = e.subject[:1].lower() + e.subject[1:]

@@ -33,7 +33,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -723,9 +722,14 @@ class WorkerSet:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(alive, timeout=5.0)
-        if self._launcher is not None:
+        if self._launcher is not None and not procs:
+            # Nothing of the set runs under this kernel (a batch job, ...): the launcher's stop
+            # cancels it (scancel, qdel, bkill, ...); the members exit on their own anyway once
+            # the wire is closed.
             with contextlib.suppress(Exception):
-                self._launcher.signal(signal.SIGKILL)  # batch launchers: cancel the job
+                stopped = self._launcher.stop()
+                if inspect.isawaitable(stopped):
+                    asyncio.run_coroutine_threadsafe(_awaited(stopped), self._loop).result(30)
         try:
             self._loop.call_soon_threadsafe(self._finish)
         except RuntimeError:
@@ -784,6 +788,10 @@ class WorkerSet:
             with contextlib.suppress(Exception):
                 p.kill()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _host_part(ip: str) -> str:

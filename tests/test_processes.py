@@ -405,3 +405,20 @@ def test_members_on_this_host_take_their_cores_through_leases() -> None:
         )  # the single worker's lease again
     finally:
         stop_kernel(km, kc)
+
+
+def test_restart_and_shutdown_leave_no_member() -> None:
+    km, kc = start_kernel()
+    kernel = Kernel(km, kc)
+    try:
+        _load_set_of(kernel, "%load_jax --processes 2")
+        pids = _member_pids(kernel)
+        km.restart_kernel()
+        kc.wait_for_ready(timeout=60)
+        assert all(_gone(pid, 10) for pid in pids), "a set member outlived a kernel restart"
+        assert _value(kernel.ok("import jax\njax.process_count()")) == "1"  # a restart starts one worker
+        _load_set_of(kernel, "%load_jax --processes 2")
+        pids = _member_pids(kernel)
+    finally:
+        stop_kernel(km, kc)
+    assert all(_gone(pid, 10) for pid in pids), "a set member outlived the kernel's shutdown"
