@@ -151,6 +151,21 @@ def test_error_in_one_process_fails_the_cell_naming_it(jset: Kernel) -> None:
     assert _value(jset.ok("kept")) == "'still here'"
 
 
+def test_input_is_asked_once_and_every_process_gets_the_answer(jset: Kernel) -> None:
+    prompts: list[str] = []
+
+    def answer(request: dict) -> str:
+        prompts.append(request["prompt"])
+        return "bob"
+
+    res = jset.run(
+        "import sys\nname = input('name? ')\nprint(jax.process_index(), name, file=sys.stderr)",
+        stdin=answer,
+    )
+    assert res.reply["status"] == "ok" and prompts == ["name? "]
+    assert sorted(res.stderr.splitlines()) == ["[0] 0 bob", "[1] 1 bob"]
+
+
 def test_entry_points_run_across_the_set(jset: Kernel) -> None:
     res = jset.ok(
         "%jax pmap \"lambda x: jax.lax.psum(x, 'i')\" jnp.ones(2) --axis-name i --out psummed\n"
@@ -289,13 +304,12 @@ def _set_port() -> tuple[int, str]:
     return info["port"], info["key"]
 
 
+@pytest.mark.parametrize("jset", ["local"], indirect=True)  # the wire is the same whatever the launcher
 def test_connections_without_the_key_are_turned_away(jset: Kernel) -> None:
     import socket
 
     from jax_kernel import wire
 
-    if jset.launcher != "local":  # type: ignore[attr-defined]
-        pytest.skip("the wire is the same whatever the launcher")
     port, key = _set_port()
     for forged_key in (os.urandom(32), bytes.fromhex(key)):
         # Without the key the hello fails authentication; with it, the set is already complete.
