@@ -241,14 +241,14 @@ class WorkerManager(LoggingConfigurable):
             **self._wiring(),
         )
 
-    def _lease_for_set(self, count: int) -> Lease | None:
+    def _lease_for_set(self, platform: str, count: int) -> Lease | None:
         """Lease ``count`` devices (cores on a CPU host) for a set's members on this host, when the
         policy leases devices at all (``Accelerators.devices`` other than ``all``); LeaseError if
         they are not free."""
         if self.accelerators.devices == "all" or count == 0:
             return None
         allowed = self.sandbox.accelerators if self.sandbox.enabled else "all"
-        return self.accelerators.acquire(self.accelerators.host_platform(), count, allowed)
+        return self.accelerators.acquire(platform, count, allowed)
 
     def _prepare_sandbox(self) -> Any:
         """One worker's sandbox: the policy, its cgroups, and the compilation cache it may write."""

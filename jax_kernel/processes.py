@@ -198,7 +198,7 @@ class WorkerSet:
         env: dict[str, str],
         prepare_sandbox: Callable[[], Any],
         release_sandbox: Callable[[Any], None],
-        lease_local: Callable[[int], Any],
+        lease_local: Callable[[str, int], Any],
         options: ProcessSet,
         max_frame: int,
         stream_limit: int,
@@ -364,9 +364,8 @@ class WorkerSet:
         self.pid = first.pid
         here = socket.gethostname()
         try:  # the members on this host take their devices through the kernel's leases, as one worker does
-            self.lease = self._lease_local(
-                sum(1 for m in self.members if m.host == here) * self.devices_per_process
-            )
+            local = sum(1 for m in self.members if m.host == here)
+            self.lease = self._lease_local(self.platform, local * self.devices_per_process)
         except Exception as e:  # noqa: BLE001 - a LeaseError says who holds what
             self._end(f"could not lease devices for its processes on this host: {e}")
             return
