@@ -84,8 +84,6 @@ STARTUP_SETTINGS = (
     "devices_per_process",
 )
 
-#: The settings that shape a set of processes rather than JAX inside one.
-SET_SETTINGS = ("processes", "launcher", "devices_per_process")
 _LAUNCHER_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
 PLATFORMS = ("cpu", "cuda", "gpu", "rocm", "tpu")

@@ -374,17 +374,16 @@ class WorkerManager(LoggingConfigurable):
         platform, wanted = request
         allowed = self.sandbox.accelerators if self.sandbox.enabled else "all"
         # A set being replaced by one worker: its devices are ours too (flock counts each open file).
-        set_lease = self.worker.lease if isinstance(self.worker, WorkerSet) else None
+        leaving = self.worker if isinstance(self.worker, WorkerSet) else None
+        set_lease = leaving.lease if leaving is not None else None
         if set_lease is not None:
             set_lease.release()
         try:
             self.lease = self.accelerators.acquire(platform, wanted, allowed)
         except LeaseError:
-            if set_lease is not None and isinstance(self.worker, WorkerSet):
+            if leaving is not None and set_lease is not None:
                 try:
-                    self.worker.lease = self.accelerators.acquire(
-                        set_lease.platform, set_lease.devices, allowed
-                    )
+                    leaving.lease = self.accelerators.acquire(set_lease.platform, set_lease.devices, allowed)
                 except LeaseError:
                     self.log.warning("Lost the lease of the set's processes while trying another")
             if old_request is not None:
@@ -676,8 +675,7 @@ class WorkerManager(LoggingConfigurable):
         self.sandbox.worker_exited(worker.sandbox)
         expected = self._stopping or worker is not self.worker
         (self.log.info if expected else self.log.warning)("Worker %s %s", worker.pid, how)
-        subject = getattr(worker, "subject", "The worker process")
-        fresh = getattr(worker, "fresh", "A fresh worker was started")
+        subject, fresh = worker.subject, worker.fresh
         death = WorkerDied(how, worker.diagnostics(), subject=subject, fresh=fresh)
         was_ready = worker.ready.done() and worker.ready.exception() is None
         if not worker.ready.done():

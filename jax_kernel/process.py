@@ -103,6 +103,10 @@ def spawn(
 class WorkerProcess:
     """One running worker: its process, its wire connection and the threads that read them."""
 
+    #: How a death report names what died and what replaced it (a set of processes says its own).
+    subject = "The worker process"
+    fresh = "A fresh worker was started"
+
     def __init__(
         self,
         *,

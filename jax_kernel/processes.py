@@ -234,6 +234,8 @@ class WorkerSet:
         self._gathers: dict[int, _Gather] = {}
         self._stopping = False  # a shutdown was sent: members leaving is expected
         self._ending = False
+        self._unexplained: Member | None = None  # lost without a reason yet: its exit status says
+        self._diag = ""  # the launcher's output, read once the set has ended
         self._closed = threading.Event()
         self._key = secrets.token_bytes(32)
         self._dir = self._make_dir()
@@ -658,22 +660,21 @@ class WorkerSet:
                 self._end(None)
             return
         if how is None:
-            code = self._exit_code(m.pid)
-            how = "closed its connection (it exited)" if code is None else describe_exit(code)
+            # Why it closed shows in its exit status, known once the reaper has waited for it
+            # (off the event loop): see _finish.
+            self.log.warning("Set member %s closed its connection", m.describe())
+            self._unexplained = m
+            self._end(None)
+            return
         self.log.warning("Set member %s %s", m.describe(), how)
-        self._end(
+        self._end(self._lost_reason(m, how))
+
+    @staticmethod
+    def _lost_reason(m: Member, how: str) -> str:
+        return (
             f"lost {m.describe()}, which {how}. A multi-controller JAX job cannot lose a member, so the "
             f"whole set was stopped"
         )
-
-    def _exit_code(self, pid: int) -> int | None:
-        """The exit status of a member the kernel started itself (the local launcher), if known."""
-        launchers = getattr(self._launcher, "launchers", {}) or {}
-        for el in list(launchers.values()):
-            if getattr(el, "pid", None) == pid and getattr(el, "process", None) is not None:
-                with contextlib.suppress(Exception):
-                    return el.process.wait(0.5)
-        return None
 
     def _end(self, reason: str | None) -> None:
         """Stop every member and the launcher, then report the set's exit (once)."""
@@ -717,6 +718,9 @@ class WorkerSet:
 
         procs = self._local_processes()
         gone, alive = psutil.wait_procs(procs, timeout=2.0 if self._stopping else 0.5)
+        # Exit statuses of what the kernel started itself (the local launcher's members): the
+        # ones that ended before being killed here say how a lost member died.
+        codes = {p.pid: p.returncode for p in gone if p.returncode is not None}
         for p in alive:
             with contextlib.suppress(psutil.Error):
                 p.kill()
@@ -730,11 +734,16 @@ class WorkerSet:
                 if inspect.isawaitable(stopped):
                     asyncio.run_coroutine_threadsafe(_awaited(stopped), self._loop).result(30)
         try:
-            self._loop.call_soon_threadsafe(self._finish)
+            self._loop.call_soon_threadsafe(self._finish, codes)
         except RuntimeError:
             self._closed.set()  # the loop is closed: the kernel is exiting
 
-    def _finish(self) -> None:
+    def _finish(self, codes: dict[int, int]) -> None:
+        lost = self._unexplained
+        if lost is not None and self.kill_reason is None:
+            code = codes.get(lost.pid)
+            how = "closed its connection (it exited)" if code is None else describe_exit(int(code))
+            self.kill_reason = self._lost_reason(lost, how)
         for m in self.members:
             if m.sandbox is not None:
                 self._release_sandbox(m.sandbox)
@@ -756,7 +765,7 @@ class WorkerSet:
 
     def diagnostics(self) -> str:
         """The tail of what the members wrote to their original stderr (faulthandler, launcher errors)."""
-        return getattr(self, "_diag", None) or self._read_output()
+        return self._diag or self._read_output()
 
     def alive(self) -> bool:
         """Whether the set is still running (no member lost, not stopped)."""

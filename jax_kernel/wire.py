@@ -94,7 +94,6 @@ CONCURRENT_REQUESTS = frozenset({"usage"})
 
 #: Bytes of the per-connection nonce the kernel sends first on a set member's TCP connection.
 NONCE_BYTES = 16
-MAC = hashlib.sha256
 
 STREAM_NAMES = frozenset({"stdout", "stderr"})
 
@@ -395,7 +394,7 @@ class SealedConnection(Connection):
         self._peer = b"W" if side == b"K" else b"K"
         self._sent = 0
         self._received = 0
-        self._set_key(hmac.new(key, nonce, MAC).digest())
+        self._set_key(hmac.new(key, nonce, hashlib.sha256).digest())
 
     def _set_key(self, key: bytes) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305

@@ -229,6 +229,8 @@ def test_crash_of_one_process_is_reported_and_the_set_replaced(jset: Kernel) -> 
     evalue = res.reply["evalue"]
     assert f"lost process 1 (pid {old[1]}" in evalue or f"lost process 1 (pid {old[0]}" in evalue
     assert "cannot lose a member" in evalue and "A fresh set of 2 processes was started" in evalue
+    if jset.launcher == "local":  # type: ignore[attr-defined]  # the kernel is the members' parent
+        assert "which was killed by SIGKILL" in evalue
     assert _value(jset.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
     _imports(jset)
     assert all(_gone(pid, 5) for pid in old)

@@ -43,19 +43,16 @@ class Inbox:
 
     def _read(self) -> None:
         while True:
+            # recv returns None only when idle_timeout passes with no frame; without one it blocks.
             try:
                 msg = self._conn.recv(timeout=self._idle_timeout)
             except wire.AuthenticationError:
                 msg = None  # not from our kernel: the connection can't be trusted any more
-                self._idle_timeout = 0.0
             except wire.WireError:
                 continue  # the kernel sent something unreadable: skip it rather than stop listening
             except (EOFError, OSError):
                 msg = None
-                self._idle_timeout = 0.0
-            if msg is None:
-                if self._idle_timeout is None:
-                    continue
+            if msg is None:  # closed, untrusted, or silent for idle_timeout: the kernel is gone
                 self._queue.put(None)
                 if self._on_close is not None:
                     self._on_close()

@@ -466,28 +466,17 @@ class JaxInfo(dict):
             for k, v in self.items()
             if k not in ("devices", "processes")
         )
-        procs = "".join(
-            "<tr>"
-            + "".join(f"<td>{esc(str(p.get(c, '')))}</td>" for c in ("index", "host", "pid", "devices"))
-            + "</tr>"
-            for p in self.get("processes", [])
+        devices = _html_table(
+            ("id", "platform", "kind", "memory"),
+            ("id", "platform", "kind", "memory"),
+            self.get("devices", []),
         )
-        if procs:
-            procs = (
-                "<table><tr><th>process</th><th>host</th><th>pid</th><th>devices</th></tr>"
-                + procs
-                + "</table>"
+        processes = ""
+        if self.get("processes"):
+            processes = _html_table(
+                ("process", "host", "pid", "devices"), ("index", "host", "pid", "devices"), self["processes"]
             )
-        devs = "".join(
-            "<tr>"
-            + "".join(f"<td>{esc(str(d.get(c, '')))}</td>" for c in ("id", "platform", "kind", "memory"))
-            + "</tr>"
-            for d in self.get("devices", [])
-        )
-        return (
-            f"<table>{rows}</table><table><tr><th>id</th><th>platform</th><th>kind</th><th>memory</th></tr>"
-            f"{devs}</table>{procs}"
-        )
+        return f"<table>{rows}</table>{devices}{processes}"
 
     def text(self) -> str:
         lines = [f"{k}: {v}" for k, v in self.items() if k not in ("devices", "processes")]
@@ -506,6 +495,16 @@ class JaxInfo(dict):
 
     def bundle(self) -> dict[str, Any]:
         return {"text/plain": self.text(), "text/html": self._repr_html_(), "application/json": dict(self)}
+
+
+def _html_table(headers: Sequence[str], keys: Sequence[str], items: Sequence[Mapping[str, Any]]) -> str:
+    """One HTML table: a header row, then one row per item with its values under ``keys``."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(str(i.get(k, '')))}</td>" for k in keys) + "</tr>" for i in items
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _fmt_bytes(n: float) -> str:
