@@ -165,7 +165,8 @@ class Member:
     hello: bool = False
     ready: dict[str, Any] | None = None
     gone: bool = False
-    awaiting_input: bool = False
+    inputs_asked: int = 0  # input() calls in the running cell, and how many got their answer
+    inputs_answered: int = 0
     sandbox: Any = None
     last_seen: float = field(default_factory=time.monotonic)
     line_start: dict[str, bool] = field(default_factory=lambda: {"stdout": True, "stderr": True})
@@ -231,6 +232,7 @@ class WorkerSet:
         self.pid = 0  # process 0's, once known
         self.output_mode = "0"
         self.members: list[Member] = []
+        self._answers: list[dict[str, Any]] = []  # the running cell's input_replies, in order
         self._gathers: dict[int, _Gather] = {}
         self._stopping = False  # a shutdown was sent: members leaving is expected
         self._ending = False
@@ -500,8 +502,11 @@ class WorkerSet:
             if self.shows(m.index):
                 self._on_message(self, msg)
         elif kind == "input_request":
-            m.awaiting_input = True
-            if m.index == 0:
+            # The frontend is asked for process 0's input() calls only; every process gets the
+            # same answers in the same order, whether it asks before or after the frontend answered.
+            m.inputs_asked += 1
+            self._answer_inputs(m)
+            if m.index == 0 and m.inputs_asked > len(self._answers):
                 self._on_message(self, msg)
         elif m.index == 0:  # comm, debug_reply, debug_event: the frontend talks to process 0
             self._on_message(self, msg)
@@ -608,18 +613,32 @@ class WorkerSet:
         if kind == "shutdown":
             self._stopping = True
         if kind == "input_reply":
-            targets = [m for m in live if m.awaiting_input]
-            for m in targets:
-                m.awaiting_input = False
-        elif kind in BROADCAST:
+            self._answers.append(msg)
+            ok = True
+            for m in live:
+                ok = self._answer_inputs(m) and ok
+            return ok
+        if kind in BROADCAST:
             targets = live
             if kind != "shutdown":
                 self._gathers[msg["id"]] = _Gather(kind)
+            if kind == "execute":
+                self._answers = []
+                for m in live:
+                    m.inputs_asked = m.inputs_answered = 0
         else:
             targets = live[:1]
         ok = True
         for m in targets:
             ok = self._send(m, msg) and ok
+        return ok
+
+    def _answer_inputs(self, m: Member) -> bool:
+        """Give ``m`` the answers it has asked for and the frontend has given."""
+        ok = True
+        while m.inputs_answered < min(m.inputs_asked, len(self._answers)):
+            ok = self._send(m, self._answers[m.inputs_answered]) and ok
+            m.inputs_answered += 1
         return ok
 
     def interrupt(self) -> None:

@@ -156,14 +156,17 @@ def test_input_is_asked_once_and_every_process_gets_the_answer(jset: Kernel) -> 
 
     def answer(request: dict) -> str:
         prompts.append(request["prompt"])
-        return "bob"
+        return ["bob", "alice"][len(prompts) - 1]
 
+    # Process 1 asks only after the frontend has answered process 0: it must get the same answers.
     res = jset.run(
-        "import sys\nname = input('name? ')\nprint(jax.process_index(), name, file=sys.stderr)",
+        "import sys, time\nif jax.process_index() == 1:\n    time.sleep(1)\n"
+        "name = input('name? ')\nother = input('other? ')\n"
+        "print(jax.process_index(), name, other, file=sys.stderr)",
         stdin=answer,
     )
-    assert res.reply["status"] == "ok" and prompts == ["name? "]
-    assert sorted(res.stderr.splitlines()) == ["[0] 0 bob", "[1] 1 bob"]
+    assert res.reply["status"] == "ok" and prompts == ["name? ", "other? "]
+    assert sorted(res.stderr.splitlines()) == ["[0] 0 bob alice", "[1] 1 bob alice"]
 
 
 def test_entry_points_run_across_the_set(jset: Kernel) -> None:
