@@ -67,6 +67,20 @@ print("{JIT_MARK}", _st.median(_ts), _jax.default_backend())
 """
 
 
+#: Cells that print a lot, as a training loop does: every line is flushed (or is a logging record).
+PRINT_CELL = "for i in range(10000):\n    print('line', i, flush=True)"
+LOGGING_CELL = """\
+import logging as _logging, sys as _sys
+_log = _logging.getLogger('bench-flood')
+_log.handlers[:] = [_logging.StreamHandler(_sys.stdout)]
+_log.setLevel(_logging.INFO)
+_log.propagate = False
+for _i in range(3000):
+    _log.info('record %d', _i)
+"""
+FLOOD_CELLS = {"print": (PRINT_CELL, 10000), "logging": (LOGGING_CELL, 3000)}
+
+
 class BenchError(RuntimeError):
     """A kernel did something the benchmark did not expect (timeout, wrong reply)."""
 
@@ -509,6 +523,22 @@ def bench_jit(jax_k: Kernel, py_k: Kernel, reps: int) -> dict[str, list[float]]:
     return out
 
 
+def bench_floods(jax_k: Kernel, py_k: Kernel, reps: int) -> dict[str, dict[str, list[float]]]:
+    """Wall time of the print and logging flood cells on both kernels, interleaved; each run must
+    deliver every line (a kernel that drops output would look fast)."""
+    out: dict[str, dict[str, list[float]]] = {key: {JAX: [], PY: []} for key in FLOOD_CELLS}
+    for i in range(reps):
+        for key, (code, lines) in FLOOD_CELLS.items():
+            for kernel in (jax_k, py_k) if i % 2 == 0 else (py_k, jax_k):
+                cell = kernel.run_ok(code, timeout=300)
+                got = cell.stdout().count("\n")
+                if got != lines:
+                    NOTES.add(f"{kernel.name}: the {key} flood delivered {got} of {lines} lines")
+                out[key][kernel.name].append(cell.seconds)
+        print(f"  floods: round {i + 1}/{reps} done", file=sys.stderr, flush=True)
+    return out
+
+
 # report -------------------------------------------------------------------------------------------
 def version(dist: str) -> str:
     try:
@@ -560,6 +590,7 @@ def build_rows(
     st: dict[str, list[float]],
     cr: dict[str, list[float]],
     jit: dict[str, list[float]],
+    floods: dict[str, dict[str, list[float]]],
 ) -> list[Row]:
     """Turn the samples into table rows; a measurement that failed shows as FAILED, not as a number."""
     g = st.get
@@ -654,6 +685,20 @@ def build_rows(
             str(len(jit[PY])),
         ),
     ]
+    for key, what in (
+        ("print", "10,000 flushed `print` lines"),
+        ("logging", "3,000 `logging` records to stdout"),
+    ):
+        a, b = floods.get(key, {}).get(JAX, []), floods.get(key, {}).get(PY, [])
+        rows.append(
+            Row(
+                f"Cell printing {what} → reply + idle",
+                spread(a),
+                f"python3: {spread(b)}",
+                ratio(a, b, 1.20),
+                str(len(a)),
+            )
+        )
     return rows
 
 
@@ -680,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     st: dict[str, list[float]] = {}
     cr: dict[str, list[float]] = {}
     jit: dict[str, list[float]] = {JAX: [], PY: [], "plain": []}
+    floods: dict[str, dict[str, list[float]]] = {}
     try:
         jax_k, py_k = started(JAX), started(PY)
         print(f"round trips: {warmup} warm-up + {n} each…", file=sys.stderr, flush=True)
@@ -688,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
         cr = bench_crashes(jax_k, py_k, crash_reps)
         print(f"jit loop: {jit_reps} rounds…", file=sys.stderr, flush=True)
         jit = bench_jit(jax_k, py_k, jit_reps)
+        print(f"output floods: {crash_reps} rounds…", file=sys.stderr, flush=True)
+        floods = bench_floods(jax_k, py_k, crash_reps)
         jax_k.shutdown()
         py_k.shutdown()
         print(f"start-up: {starts} rounds of 4 fresh kernels…", file=sys.stderr, flush=True)
@@ -698,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         k: cr.get(k, []) for k in ("restart:jax", "restart:python3")
     }
 
-    return report(argv, build_rows(rt, st, cr, jit), t_start)
+    return report(argv, build_rows(rt, st, cr, jit, floods), t_start)
 
 
 def printed_seconds(kernel: Kernel, code: str, mark: str) -> float:

@@ -617,14 +617,25 @@ class WorkerManager(LoggingConfigurable):
         # worker is none of its business.
         self._grace_timers.discard(req_id)
         entry = self._pending.get(req_id)
-        if worker is self.worker and entry is not None and not entry[1].done():
-            self.log.warning(
-                "Worker %s ignored the interrupt for %.1f s; killing it", worker.pid, self.interrupt_grace
+        if worker is not self.worker or entry is None or entry[1].done():
+            return
+        # What it sent and the loop has not read yet may hold its answer: read that before judging.
+        worker.catch_up()
+        if entry[1].done():
+            return
+        self.log.warning(
+            "Worker %s ignored the interrupt for %.1f s; killing it", worker.pid, self.interrupt_grace
+        )
+        within = f"did not stop within {self.interrupt_grace:g} s of the interrupt"
+        recent = self.interrupt_grace / 2
+        if worker.last_frame_at() > time.monotonic() - recent:
+            why = (
+                "though it went on sending output: the cell's code catches KeyboardInterrupt, or the "
+                "output comes from threads or child processes that an interrupt does not stop"
             )
-            worker.kill(
-                f"did not stop within {self.interrupt_grace:g} s of the interrupt (it was stuck in native "
-                "code, such as a jitted XLA loop), so it was killed"
-            )
+        else:
+            why = f"and sent nothing in its last {recent:g} s: it was stuck in native code, such as a jitted XLA loop"
+        worker.kill(f"{within} ({why}), so it was killed")
 
     # callbacks from the worker's threads (on the loop) -----------------------------
     def _on_message(self, worker: WorkerProcess, msg: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -100,6 +101,103 @@ def spawn(
     return Spawned(proc, parent_sock, sandbox)
 
 
+class WireReader:
+    """Reads one worker connection on the event loop, in bounded turns, until it is closed.
+
+    A turn handles at most FRAMES_PER_TURN frames, so a flood cannot starve the loop, and when it
+    stops at that bound it schedules the next turn itself: ``Connection.recv`` takes up to 1 MiB from
+    the socket at once, so after a burst of small frames complete ones wait in its buffer while the
+    socket, drained, no longer wakes the selector (a cell printing 10,000 flushed lines left its
+    reply there for good).  Consecutive ``stream`` frames of one stream read in a turn reach
+    ``on_message`` as one message of at most ``wire.STREAM_CHUNK`` characters, as ipykernel batches
+    a flush interval's writes; order is kept, and every other message ends the batch.
+
+    ``on_error`` gets every failure of the wire: a :class:`wire.WireError` for one bad frame (the
+    reader goes on unless the callback closes it), ``EOFError``/``OSError`` once the peer is gone.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: wire.Connection,
+        on_message: Callable[[dict[str, Any]], None],
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self.conn = conn
+        self._loop = loop
+        self._on_message = on_message
+        self._on_error = on_error
+        self._fd = conn.fileno()
+        self.closed = False
+        #: When the last message other than a heartbeat was read (time.monotonic()), 0.0 before the first.
+        self.last_frame_at = 0.0
+        loop.add_reader(self._fd, self.turn)
+
+    def turn(self) -> None:
+        """Handle the frames that are complete, at most FRAMES_PER_TURN of them."""
+        stream: dict[str, Any] | None = None  # stream frames read in a row, joined
+        try:
+            for _ in range(FRAMES_PER_TURN):
+                if self.closed:
+                    return
+                try:
+                    msg = self.conn.recv(timeout=0)
+                    if msg is None:
+                        return
+                    wire.validate_worker_message(msg)
+                except (EOFError, OSError, wire.WireError) as e:
+                    if stream is not None:
+                        stream, pending = None, stream
+                        self._on_message(pending)
+                    self._on_error(e)
+                    continue
+                if msg["type"] != "heartbeat":  # a set member's heartbeat thread runs whatever the cell does
+                    self.last_frame_at = time.monotonic()
+                if msg["type"] == "stream":
+                    if stream is not None and stream["name"] == msg["name"]:
+                        if len(stream["text"]) + len(msg["text"]) <= wire.STREAM_CHUNK:
+                            stream["text"] += msg["text"]
+                            continue
+                    if stream is not None:
+                        self._on_message(stream)
+                    stream = msg
+                    continue
+                if stream is not None:
+                    stream, pending = None, stream
+                    self._on_message(pending)
+                    if self.closed:
+                        return
+                self._on_message(msg)
+            if not self.closed:
+                self._loop.call_soon(self.turn)  # bytes may wait in the buffer: see the class docstring
+        finally:
+            if stream is not None:
+                self._on_message(stream)
+
+    def pending(self) -> bool:
+        """Whether frames have arrived that were not handled yet (buffered, or still in the socket)."""
+        if self.closed:
+            return False
+        if self.conn.has_frame():
+            return True
+        try:
+            ready, _, _ = select.select([self._fd], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(ready)
+
+    def close(self) -> None:
+        """Stop reading and close the connection (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._loop.remove_reader(self._fd)
+        except (ValueError, OSError, RuntimeError):
+            pass  # the loop is closed: the kernel is shutting down
+        self.conn.close()
+
+
 class WorkerProcess:
     """One running worker: its process, its wire connection and the threads that read them."""
 
@@ -134,8 +232,7 @@ class WorkerProcess:
         self.proc = spawned.proc
         self.pid = self.proc.pid
         self.conn = wire.Connection(spawned.sock, max_frame=max_frame)
-        self._fd = self.conn.fileno()
-        loop.add_reader(self._fd, self._read_wire)
+        self.reader = WireReader(loop, self.conn, self._frame, self._wire_error)
         threading.Thread(target=self._read_diag, name=f"worker-{self.pid}-diag", daemon=True).start()
 
     # reading ------------------------------------------------------------------
@@ -145,36 +242,21 @@ class WorkerProcess:
         except RuntimeError:
             pass  # the loop is closed: the kernel is shutting down
 
-    def _read_wire(self) -> None:
-        """In the event loop, whenever the wire has bytes: handle the frames that are complete.
-
-        At most FRAMES_PER_TURN at a time, so a flood cannot starve the loop (the reader is
-        called again while bytes remain); a bad frame is reported and skipped.
-        """
-        for _ in range(FRAMES_PER_TURN):
-            try:
-                msg = self.conn.recv(timeout=0)
-                if msg is None:
-                    return
-                wire.validate_worker_message(msg)
-            except (EOFError, OSError):
-                self._wire_closed()
+    def _frame(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "stream":
+            text = self.stream_budget.admit(msg["text"])
+            if not text:
                 return
-            except wire.WireError as e:
-                self.log.warning("Dropped a bad frame from worker %s: %s", self.pid, e)
-                self._on_problem(self, f"dropped a malformed message from the worker ({e})")
-                continue
-            if msg["type"] == "stream":
-                text = self.stream_budget.admit(msg["text"])
-                if not text:
-                    continue
-                msg["text"] = text
-            self._on_message(self, msg)
+            msg["text"] = text
+        self._on_message(self, msg)
 
-    def _wire_closed(self) -> None:
-        """The worker closed its end (it exited, or is about to): reap it off the loop."""
-        self._loop.remove_reader(self._fd)
-        self.conn.close()
+    def _wire_error(self, error: Exception) -> None:
+        if isinstance(error, wire.WireError):  # a bad frame is reported and skipped
+            self.log.warning("Dropped a bad frame from worker %s: %s", self.pid, error)
+            self._on_problem(self, f"dropped a malformed message from the worker ({error})")
+            return
+        # The worker closed its end (it exited, or is about to): reap it off the loop.
+        self.reader.close()
         threading.Thread(target=self._reap, name=f"worker-{self.pid}-reap", daemon=True).start()
 
     def _reap(self) -> None:
@@ -196,6 +278,17 @@ class WorkerProcess:
                 del self._diag[:-DIAG_TAIL]
             self.log.warning("worker %s: %s", self.pid, line.decode("utf-8", "replace").rstrip())
         self.proc.stderr.close()
+
+    def catch_up(self, turns: int = 16) -> None:
+        """Handle now what the worker has sent and the loop has not read yet (a bounded amount)."""
+        for _ in range(turns):
+            if not self.reader.pending():
+                return
+            self.reader.turn()
+
+    def last_frame_at(self) -> float:
+        """When the worker's last message was read (time.monotonic())."""
+        return self.reader.last_frame_at
 
     # control --------------------------------------------------------------------
     def diagnostics(self) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import itertools
 import json
@@ -46,7 +47,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from . import wire
 from .budget import OutputBudget
-from .process import FRAMES_PER_TURN, describe_exit
+from .process import WireReader, describe_exit
 
 #: Launchers that ship with ipyparallel, by the names ``--launcher`` takes (README lists them).
 SHIPPED_LAUNCHERS = ("local", "mpi", "slurm", "pbs", "sge", "lsf", "htcondor", "ssh", "sshproxy", "batch")
@@ -170,6 +171,7 @@ class Member:
     sandbox: Any = None
     last_seen: float = field(default_factory=time.monotonic)
     line_start: dict[str, bool] = field(default_factory=lambda: {"stdout": True, "stderr": True})
+    reader: WireReader = field(init=False)  # set as soon as it connects
 
     def describe(self) -> str:
         where = f"pid {self.pid} on {self.host}" if self.pid else f"from {self.peer_ip}, before it said hello"
@@ -342,14 +344,17 @@ class WorkerSet:
             return
         member = Member(wire.SealedConnection(sock, self._key, nonce, b"K", self._max_frame), addr[0])
         self.members.append(member)
-        self._loop.add_reader(member.conn.fileno(), self._read, member)
+        member.reader = WireReader(
+            self._loop,
+            member.conn,
+            functools.partial(self._frame, member),
+            functools.partial(self._wire_error, member),
+        )
 
     def _turn_away(self, m: Member, why: str) -> None:
         """A connection that never became a member (no key, wrong protocol, one too many): drop it."""
         self.log.warning("Turned away a connection to the set's port from %s: it %s", m.peer_ip, why)
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_reader(m.conn.fileno())
-        m.conn.close()
+        m.reader.close()
         if m in self.members:
             self.members.remove(m)
 
@@ -429,36 +434,29 @@ class WorkerSet:
         return extra
 
     # reading ------------------------------------------------------------------------
-    def _read(self, m: Member) -> None:
-        for _ in range(FRAMES_PER_TURN):
-            try:
-                msg = m.conn.recv(timeout=0)
-                if msg is None:
-                    return
-                wire.validate_worker_message(msg)
-                if not m.hello and msg["type"] != "hello":
-                    raise wire.AuthenticationError(f"first message is {msg['type']!r}, not hello")
-            except wire.AuthenticationError as e:
-                if not m.hello:  # not one of ours (no key): turned away, the set goes on
-                    self._turn_away(m, f"failed authentication ({e})")
-                else:
-                    self._lost(m, f"sent a message that failed authentication ({e})")
+    def _frame(self, m: Member, msg: dict[str, Any]) -> None:
+        if not m.hello and msg["type"] != "hello":
+            self._turn_away(m, f"failed authentication (first message is {msg['type']!r}, not hello)")
+            return
+        m.last_seen = time.monotonic()
+        self._handle(m, msg)
+
+    def _wire_error(self, m: Member, error: Exception) -> None:
+        if isinstance(error, wire.AuthenticationError):
+            if not m.hello:  # not one of ours (no key): turned away, the set goes on
+                self._turn_away(m, f"failed authentication ({error})")
+            else:
+                self._lost(m, f"sent a message that failed authentication ({error})")
+        elif isinstance(error, wire.WireError):
+            if not m.hello:
+                self._turn_away(m, f"sent a malformed first message ({error})")
                 return
-            except (EOFError, OSError):
-                if m.hello:
-                    self._lost(m, None)
-                else:
-                    self._turn_away(m, "closed its connection before it said hello")
-                return
-            except wire.WireError as e:
-                if not m.hello:
-                    self._turn_away(m, f"sent a malformed first message ({e})")
-                    return
-                self.log.warning("Dropped a bad frame from %s: %s", m.describe(), e)
-                self._on_problem(self, f"dropped a malformed message from {m.describe()} ({e})")
-                continue
-            m.last_seen = time.monotonic()
-            self._handle(m, msg)
+            self.log.warning("Dropped a bad frame from %s: %s", m.describe(), error)
+            self._on_problem(self, f"dropped a malformed message from {m.describe()} ({error})")
+        elif m.hello:
+            self._lost(m, None)
+        else:
+            self._turn_away(m, "closed its connection before it said hello")
 
     def _handle(self, m: Member, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -510,6 +508,18 @@ class WorkerSet:
                 self._on_message(self, msg)
         elif m.index == 0:  # comm, debug_reply, debug_event: the frontend talks to process 0
             self._on_message(self, msg)
+
+    def catch_up(self, turns: int = 16) -> None:
+        """Handle now what the members have sent and the loop has not read yet (a bounded amount)."""
+        for m in list(self.members):
+            for _ in range(turns):
+                if not m.reader.pending():
+                    break
+                m.reader.turn()
+
+    def last_frame_at(self) -> float:
+        """When the last message of any member was read (time.monotonic())."""
+        return max((m.reader.last_frame_at for m in self.members), default=0.0)
 
     def shows(self, index: int) -> bool:
         """Whether stdout and displays of process ``index`` reach the frontend (``%jax_output``)."""
@@ -671,9 +681,7 @@ class WorkerSet:
         if m.gone:
             return
         m.gone = True
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_reader(m.conn.fileno())
-        m.conn.close()
+        m.reader.close()
         if self._stopping or self._ending:
             if all(x.gone for x in self.members):
                 self._end(None)
@@ -710,9 +718,7 @@ class WorkerSet:
         for m in self.members:
             if not m.gone:
                 m.gone = True
-                with contextlib.suppress(ValueError, OSError):
-                    self._loop.remove_reader(m.conn.fileno())
-                m.conn.close()  # a member whose kernel is gone exits, even in the middle of XLA
+                m.reader.close()  # a member whose kernel is gone exits, even in the middle of XLA
         threading.Thread(target=self._reap, name="jax-set-reap", daemon=True).start()
 
     def _local_processes(self) -> list[Any]:

@@ -360,6 +360,17 @@ class Connection:
             if not self._fill(timeout):
                 return None
 
+    def has_frame(self) -> bool:
+        """Whether a whole frame (or the rest of an oversized one) is already buffered: ``recv``
+        returns it without reading the socket, so a caller that waits for the socket to become
+        readable must ask this first."""
+        if self._discard:
+            return bool(self._buf)
+        if len(self._buf) < HEADER.size:
+            return False
+        (size,) = HEADER.unpack_from(self._buf)
+        return size > self.max_frame or len(self._buf) >= HEADER.size + size
+
     def close(self) -> None:
         """Close the socket; pending sends in other threads fail with OSError."""
         try:

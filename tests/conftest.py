@@ -68,7 +68,7 @@ def start_kernel(
     cwd: str | None = None,
     **km_kwargs: Any,
 ) -> tuple[KernelManager, BlockingKernelClient]:
-    km = KernelManager(kernel_name=KERNEL_NAME, **km_kwargs)
+    km = KernelManager(**{"kernel_name": KERNEL_NAME, **km_kwargs})
     launch: dict[str, Any] = {"env": env} if env else {}
     if cwd:
         launch["cwd"] = cwd  # the notebook's folder, as a frontend would give it

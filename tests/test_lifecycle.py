@@ -75,6 +75,23 @@ def test_grace_period_belongs_to_the_interrupted_cell_only() -> None:
         stop_kernel(km, kc)
 
 
+def test_grace_error_says_the_cell_went_on_printing() -> None:
+    # A cell that swallows KeyboardInterrupt is Python, not native code: the error says what it saw.
+    km, kc = start_kernel(extra_arguments=["--WorkerManager.interrupt_grace=1"])
+    kernel = Kernel(km, kc)
+    try:
+        threading.Timer(0.5, _interrupt_by_message, (kernel,)).start()
+        res = kernel.run(
+            "import time\nwhile True:\n    try:\n        print('tick', flush=True)\n        time.sleep(0.05)\n"
+            "    except KeyboardInterrupt:\n        pass"
+        )
+        assert res.reply["ename"] == "WorkerDied"
+        assert "went on sending output" in res.reply["evalue"] and "native code" not in res.reply["evalue"]
+        assert kernel.ok("'next cell'").of("execute_result")
+    finally:
+        stop_kernel(km, kc)
+
+
 def test_interrupt_during_input_ends_the_cell(crash_kernel: Kernel) -> None:
     asked = threading.Event()
 
@@ -104,6 +121,7 @@ def test_interrupt_of_jitted_xla_loop_kills_and_replaces_worker(crash_kernel: Ke
     assert elapsed < 1.5 + 3.0 + 4.0, "grace period (3 s) plus a few seconds"
     assert res.reply["ename"] == "WorkerDied"
     assert "interrupt" in res.reply["evalue"] and "variables were lost" in res.reply["evalue"]
+    assert "native code" in res.reply["evalue"]
     assert _gone(pid, 5)
     assert crash_kernel.km.is_alive()
     assert crash_kernel.run("lost_variable").reply["ename"] == "NameError"

@@ -140,6 +140,25 @@ def test_jax_output_chooses_whose_output_shows(jset: Kernel) -> None:
     assert jset.ok("print('back')").stdout == "back\n"
 
 
+def test_flushed_print_floods_from_every_process_all_arrive(jset: Kernel) -> None:
+    # The members' sealed TCP wires are read like a worker's: a burst of small frames must not be left
+    # in the kernel's buffer (the cell would never end).
+    jset.ok("%jax_output all")
+    try:
+        for _ in range(5):
+            res = jset.ok("for i in range(3000):\n    print('line', i, flush=True)", timeout=SET_TIMEOUT)
+            for k in (0, 1):
+                got = [
+                    int(line.split()[-1])
+                    for line in res.stdout.splitlines()
+                    if line.startswith(f"[{k}] line ")
+                ]
+                assert got == list(range(3000)), f"process {k}: {len(got)} of 3000 lines"
+            assert jset.ok("1 + 1").of("execute_result")
+    finally:
+        jset.ok("%jax_output 0")
+
+
 def test_error_in_one_process_fails_the_cell_naming_it(jset: Kernel) -> None:
     jset.ok("kept = 'still here'")
     res = execute(jset.kc, "if jax.process_index() == 1:\n    raise ValueError('only in one')")
@@ -217,6 +236,7 @@ def test_stuck_jitted_loop_is_interrupted_by_replacing_the_set(jset: Kernel) -> 
     res = res_box[0]
     assert res.reply["status"] == "error"
     assert "did not stop within" in res.reply["evalue"] and "set of 2" in res.reply["evalue"]
+    assert "native code" in res.reply["evalue"], "the members' heartbeats are not output"
     assert _value(jset.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
     _imports(jset)
 
