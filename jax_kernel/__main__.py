@@ -2,7 +2,10 @@
 
 import os
 
+from jax_kernel.importpath import drop_unsafe_entries
+
 if __name__ == "__main__":
+    drop_unsafe_entries()  # before anything is imported: see jax_kernel.importpath
     # ipykernel's debugger module imports debugpy, whose pydevd prints a frozen-modules note to the
     # server's log on every start; our debugger runs in the worker, which sets the same.
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")

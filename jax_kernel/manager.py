@@ -21,9 +21,11 @@ from traitlets.config import LoggingConfigurable
 
 from . import jaxspec, wire
 from .accelerators import Accelerators, Lease, LeaseError, pin_env
+from .importpath import SAFE_PATH_ENV
 from .process import Spawned, WorkerProcess, default_worker_argv, describe_exit, spawn
 from .processes import ProcessSet, WorkerSet
 from .sandbox import Sandbox
+from .sandbox_audit import audit
 
 
 class WorkerError(Exception):
@@ -258,6 +260,10 @@ class WorkerManager(LoggingConfigurable):
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # The kernel's own safe import path (jax_kernel.importpath) is not the user's: the worker
+        # runs with -P itself, and `!python script.py` in a cell finds the script's siblings as usual.
+        for key in SAFE_PATH_ENV:
+            env.pop(key, None)
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         for key, value in self.worker_env.items():
             if value:
@@ -650,6 +656,17 @@ class WorkerManager(LoggingConfigurable):
             if msg["protocol"] != wire.PROTOCOL_VERSION:
                 worker.kill(f"it speaks wire protocol {msg['protocol']}, not {wire.PROTOCOL_VERSION}")
             elif not worker.ready.done():
+                if worker.sandbox is not None:  # a set checks its members itself
+                    missing = audit(worker.pid, worker.sandbox.policy, msg.get("sandbox"))
+                    if missing:
+                        self.log.error(
+                            "Worker %s is not sandboxed as it says: %s", worker.pid, "; ".join(missing)
+                        )
+                        worker.kill(
+                            "was stopped before it ran anything: its sandbox is not in force as it reported "
+                            f"(seen from outside, it lacks {', '.join(missing)})"
+                        )
+                        return
                 self.sandbox.worker_ready(msg.get("sandbox"))
                 worker.ready.set_result(msg)
                 self.log.info("Worker %s ready in %.3f s", worker.pid, time.monotonic() - worker.started_at)

@@ -17,7 +17,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from typing import Any
 
 from . import wire
 from .budget import OutputBudget
+from .importpath import python_module_command
 
 #: Frames handled per turn of the event loop before other callbacks get theirs.
 FRAMES_PER_TURN = 64
@@ -334,4 +334,4 @@ class WorkerProcess:
 
 def default_worker_argv() -> list[str]:
     """The worker runs in the kernel's interpreter unless configured otherwise."""
-    return [sys.executable, "-m", "jax_kernel.worker"]
+    return python_module_command("jax_kernel.worker")

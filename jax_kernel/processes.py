@@ -35,7 +35,6 @@ import os
 import secrets
 import shutil
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +46,9 @@ from traitlets.config import Config, LoggingConfigurable
 
 from . import wire
 from .budget import OutputBudget
+from .importpath import python_module_command
 from .process import WireReader, describe_exit
+from .sandbox_audit import audit
 
 #: Launchers that ship with ipyparallel, by the names ``--launcher`` takes (README lists them).
 SHIPPED_LAUNCHERS = ("local", "mpi", "slurm", "pbs", "sge", "lsf", "htcondor", "ssh", "sshproxy", "batch")
@@ -71,6 +72,15 @@ class ProcessSet(LoggingConfigurable):
         "name one: local, mpi, slurm, pbs, sge, lsf, htcondor, ssh, or any name registered in the "
         "ipyparallel.engine_launchers entry-point group (or module:Class). Its own settings come from "
         "this config (e.g. c.MPIEngineSetLauncher.mpi_args) or from ipyparallel_profile.",
+    ).tag(config=True)
+
+    allowed_launchers = List(
+        Unicode(),
+        ["local", "mpi"],
+        help="Launchers a cell may name with %load_jax --launcher (besides ProcessSet.launcher): names "
+        "of ipyparallel's engine launchers or entry points, or module:Class. A cell can't add to it: "
+        "the kernel imports a launcher outside the sandbox, and batch launchers (slurm, pbs, ...) submit "
+        "jobs on the user's account, so each one is the deployer's choice.",
     ).tag(config=True)
 
     ipyparallel_profile = Unicode(
@@ -99,7 +109,7 @@ class ProcessSet(LoggingConfigurable):
 
     @default("member_command")
     def _default_member_command(self) -> list[str]:
-        return [sys.executable, "-m", "jax_kernel.worker.member"]
+        return python_module_command("jax_kernel.worker.member")
 
     devices_per_process = Integer(
         1,
@@ -119,8 +129,20 @@ class ProcessSet(LoggingConfigurable):
         120.0, help="Seconds a set may take from launch until every member is ready (batch queues wait)."
     ).tag(config=True)
 
+    def allowed(self) -> list[str]:
+        """The launchers a set may use: the deployer's list and the configured default."""
+        return list(dict.fromkeys([self.launcher, *self.allowed_launchers]))
+
     def launcher_class(self, name: str) -> type:
-        """The launcher class for ``name``; a ValueError that lists the known names otherwise."""
+        """The launcher class for ``name``; a ValueError that says why not otherwise.
+
+        Nothing is imported for a name the deployer did not allow: the name comes from a cell."""
+        allowed = self.allowed()
+        if name not in allowed:
+            raise ValueError(
+                f"launcher {name[:60]!r} is not allowed here (allowed: {', '.join(allowed)}); the "
+                "deployer adds launchers with c.ProcessSet.allowed_launchers"
+            )
         from ipyparallel.cluster.launcher import find_launcher_class
 
         if ":" in name:
@@ -478,6 +500,12 @@ class WorkerSet:
             if sum(1 for x in self.members if x.hello) == self.count:
                 self._setup()
         elif kind == "ready":
+            missing = self._audit(m, msg)
+            if missing:
+                self._lost(
+                    m, f"is not sandboxed as it reported (seen from outside, it lacks {', '.join(missing)})"
+                )
+                return
             m.ready = msg
             if all(x.ready is not None for x in self.members) and len(self.members) == self.count:
                 self.log.info(
@@ -720,6 +748,24 @@ class WorkerSet:
                 m.gone = True
                 m.reader.close()  # a member whose kernel is gone exits, even in the middle of XLA
         threading.Thread(target=self._reap, name="jax-set-reap", daemon=True).start()
+
+    def _audit(self, m: Member, msg: dict[str, Any]) -> list[str]:
+        """:func:`jax_kernel.sandbox_audit.audit` for a member this kernel started on this host.
+
+        Only those: another host's /proc is out of sight, and a pid a member names is checked only
+        if it is one of the processes the launcher started here (else it could name any process)."""
+        if m.sandbox is None or m.host != socket.gethostname():
+            return []
+        local = {p.pid for p in self._local_processes()}
+        if m.pid not in local:
+            return (
+                []
+                if not local
+                else [f"a pid of its own (it named {m.pid}, not a process the launcher started)"]
+            )
+        missing = audit(m.pid, m.sandbox.policy, msg.get("sandbox"))
+        self.log.info("Set member %s checked from outside: %s", m.describe(), "; ".join(missing) or "sandboxed")
+        return missing
 
     def _local_processes(self) -> list[Any]:
         """The processes this kernel started for the set (launchers' and everything under them)."""

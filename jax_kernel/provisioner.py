@@ -25,6 +25,7 @@ from jupyter_client.launcher import launch_kernel
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Float
 
+from .importpath import SAFE_PATH_ENV
 from .spare import GO, SPARE_ENV
 
 
@@ -56,7 +57,11 @@ class JaxProvisioner(LocalProvisioner):  # type: ignore[misc]
         return (tuple(cmd), tuple(sorted(env.items())), str(kwargs.get("cwd") or os.getcwd()))
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        """Wake the spare if it was started for exactly this launch, else launch as usual."""
+        """Wake the spare if it was started for exactly this launch, else launch as usual.
+
+        Both run with a safe import path even from a kernelspec written before it had ``-P``: their
+        working directory is the notebook folder (see :mod:`jax_kernel.importpath`)."""
+        kwargs["env"] = {**(kwargs.get("env") or os.environ), **SAFE_PATH_ENV}
         scrubbed = self._scrub_kwargs(kwargs)
         wanted = self._key(cmd, scrubbed)
         spare, key = self._spare, self._spare_key

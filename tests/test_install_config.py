@@ -22,7 +22,7 @@ def test_pip_install_makes_the_kernelspec_visible() -> None:
     spec = KernelSpecManager().get_kernel_spec("jax")
     assert spec.display_name == "JAX (sandboxed)"
     assert spec.language == "python"
-    assert spec.argv[1:] == ["-m", "jax_kernel", "-f", "{connection_file}"]
+    assert spec.argv[1:] == ["-P", "-m", "jax_kernel", "-f", "{connection_file}"]
     # VS Code and JupyterLab interrupt by SIGINT to the kernel, which forwards it to the worker.
     assert spec.interrupt_mode == "signal"
     resources = set(os.listdir(spec.resource_dir))

@@ -9,12 +9,16 @@ it import IPython, and JAX is imported later still, by cell code.
 
 from __future__ import annotations
 
-import ctypes
-import json
-import os
-import signal
-import socket
-import sys
+from ..importpath import drop_unsafe_entries
+
+drop_unsafe_entries()  # before anything else is imported: see jax_kernel.importpath
+
+import ctypes  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
 

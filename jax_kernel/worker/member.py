@@ -19,13 +19,17 @@ The worker then applies the sandbox before importing anything else, as a local w
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import sys
+from ..importpath import drop_unsafe_entries, python_module_command
 
-from .. import wire
-from .__main__ import die_with_parent
+drop_unsafe_entries()  # before anything else is imported: see jax_kernel.importpath
+
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+
+from .. import wire  # noqa: E402
+from .__main__ import die_with_parent  # noqa: E402
 
 #: Environment variables that carry a launcher's rank for this process (MPI, PMIx, SLURM).
 RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
@@ -92,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     os.write(setup, json.dumps({"wire": conn.state(), "config": msg["config"]}).encode())
     os.lseek(setup, 0, os.SEEK_SET)
     os.set_inheritable(sock.fileno(), True)
-    python = sys.executable
-    os.execve(python, [python, "-m", "jax_kernel.worker", "--member", str(sock.fileno()), str(setup)], env)
+    argv = [*python_module_command("jax_kernel.worker"), "--member", str(sock.fileno()), str(setup)]
+    os.execve(argv[0], argv, env)
 
 
 if __name__ == "__main__":

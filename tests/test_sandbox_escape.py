@@ -1,0 +1,222 @@
+"""Attacks on the processes jax-kernel starts, from a cell: none of them may run code the cell wrote.
+
+A cell can write the notebook folder.  Every process the project starts with that folder as its
+working directory (the kernel after a restart, the spare kernel process, each new worker before its
+sandbox is on, both stages of a set member, ``python -m jax_kernel install``) must import nothing
+from it, the kernel must import no launcher a cell names, and a worker whose sandbox is not in
+force must be stopped before it runs a cell, whatever it reports.
+
+Each planted module, if it ever runs, writes a marker into a folder that only code outside the
+sandbox can write (the worker may write its notebook folder, its temp dir and caches, not this).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Kernel, execute, start_kernel, stop_kernel
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
+
+SET_TIMEOUT = 120
+
+
+def _plant(marker_dir: Path, name: str) -> str:
+    """A module body that, when imported, leaves a marker naming the process, then fails."""
+    return (
+        "import os, sys\n"
+        "try:\n"
+        f"    open(os.path.join({str(marker_dir)!r}, {name!r} + '-' + str(os.getpid())), 'w')"
+        ".write(' '.join(sys.argv))\n"
+        "except OSError:\n"
+        "    pass\n"
+        f"raise ImportError('planted {name}')\n"
+    )
+
+
+def _plant_cell(marker_dir: Path) -> str:
+    """A cell that plants a json.py, a package named like the kernel's lazy imports and like the
+    kernel itself, and a launcher module, in the notebook folder."""
+    files = {
+        "json.py": _plant(marker_dir, "json"),
+        "mymod.py": _plant(marker_dir, "mymod"),
+        "ipyparallel/__init__.py": _plant(marker_dir, "ipyparallel"),
+        "cryptography/__init__.py": _plant(marker_dir, "cryptography"),
+        "jax_kernel/__init__.py": _plant(marker_dir, "jax_kernel"),
+        "jax_kernel/worker/__init__.py": _plant(marker_dir, "jax_kernel.worker"),
+    }
+    return (
+        "import os\n"
+        f"for path, body in {files!r}.items():\n"
+        "    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)\n"
+        "    with open(path, 'w') as f:\n"
+        "        f.write(body)\n"
+        "sorted(os.listdir('.'))"
+    )
+
+
+@pytest.fixture
+def marker_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "markers"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def planted(tmp_path: Path, marker_dir: Path) -> Iterator[Kernel]:
+    """A standard-profile kernel whose notebook folder a cell has filled with planted modules."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    km, kc = start_kernel(cwd=str(notebooks))
+    kernel = Kernel(km, kc)
+    res = kernel.ok(_plant_cell(marker_dir))
+    assert "json.py" in res.of("execute_result")[0]["data"]["text/plain"]
+    kernel.notebooks = notebooks  # type: ignore[attr-defined]
+    yield kernel
+    if km.is_alive():
+        stop_kernel(km, kc)
+
+
+def _markers(marker_dir: Path) -> list[str]:
+    return sorted(os.listdir(marker_dir))
+
+
+def test_the_marker_folder_is_out_of_the_cells_reach(planted: Kernel, marker_dir: Path) -> None:
+    # The decoy only means something if the worker itself can't write it.
+    res = execute(planted.kc, f"open({str(marker_dir / 'from-cell')!r}, 'w')")
+    assert res.reply["status"] == "error" and res.reply["ename"] in ("PermissionError", "OSError")
+    assert _markers(marker_dir) == []
+
+
+def test_a_cell_names_no_launcher_for_the_kernel_to_import(planted: Kernel, marker_dir: Path) -> None:
+    planted.ok("kept = 'here'")
+    for launcher in ("mymod:Cls", "slurm"):
+        res = execute(planted.kc, f"%load_jax --processes 2 --launcher {launcher}", timeout=SET_TIMEOUT)
+        assert res.reply["status"] == "error", res.reply
+        assert "is not allowed here (allowed: local, mpi)" in res.reply["evalue"], res.reply["evalue"]
+        assert "\n" not in res.reply["evalue"].strip()
+    assert _markers(marker_dir) == []
+    assert planted.ok("kept").of("execute_result")[0]["data"]["text/plain"] == "'here'"
+
+
+def test_planted_modules_run_in_no_process_the_kernel_starts(planted: Kernel, marker_dir: Path) -> None:
+    # A new worker from the standby refill (after a crash), a replacement for new JAX settings,
+    # the kernel after a restart (the spare kernel process) and the spare started after that.
+    planted.run("import os; os._exit(3)")
+    assert planted.ok("1 + 1").of("execute_result")[0]["data"]["text/plain"] == "2"
+    planted.ok("%load_jax --x64", timeout=SET_TIMEOUT)
+    assert planted.ok("import jax.numpy as jnp; jnp.ones(2).dtype.name").of("execute_result")
+    planted.km.restart_kernel(now=False)
+    planted.kc.wait_for_ready(timeout=60)
+    assert planted.ok("1 + 1").of("execute_result")[0]["data"]["text/plain"] == "2"
+    time.sleep(5)  # the spare started with the restart waits 3 s, then imports the kernel
+    planted.km.restart_kernel(now=False)
+    planted.kc.wait_for_ready(timeout=60)
+    assert planted.ok("import json; json.__file__").of(
+        "execute_result"
+    )  # the cell's own import is its business
+    assert _markers(marker_dir) == []
+
+
+def test_install_run_in_a_planted_folder_imports_nothing_from_it(
+    planted: Kernel, marker_dir: Path, tmp_path: Path
+) -> None:
+    # The installer as the README gives it (the console script), and as our kernelspec runs Python.
+    # Plain `python -m jax_kernel` in a hostile folder is Python's own hole (it imports the package
+    # and runpy's helpers from there before any of our code runs): the README says so.
+    script = os.path.join(os.path.dirname(sys.executable), "jax-kernel")
+    for i, argv in enumerate(([script], [sys.executable, "-P", "-m", "jax_kernel"])):
+        proc = subprocess.run(
+            [*argv, "install", "--prefix", str(tmp_path / "prefix"), "--name", f"jax-planted-{i}"],
+            cwd=planted.notebooks,  # type: ignore[attr-defined]
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        spec = json.loads(
+            (tmp_path / f"prefix/share/jupyter/kernels/jax-planted-{i}/kernel.json").read_text()
+        )
+        assert spec["argv"][1:3] == ["-P", "-m"]
+    assert _markers(marker_dir) == []
+
+
+def test_plain_python_m_drops_the_notebook_folder_before_its_own_imports(
+    marker_dir: Path, tmp_path: Path
+) -> None:
+    # A launcher that runs `python -m jax_kernel` itself, in a folder with a planted stdlib module
+    # that the kernel imports only later (json): our __main__ takes the folder off sys.path first.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "json.py").write_text(_plant(marker_dir, "json"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jax_kernel", "install", "--prefix", str(tmp_path / "p"), "--name", "jax-j"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _markers(marker_dir) == []
+
+
+def test_planted_packages_reach_neither_the_kernel_nor_a_set_member(
+    planted: Kernel, marker_dir: Path
+) -> None:
+    # The first set request makes the kernel import ipyparallel (and the sealed wire, cryptography);
+    # each member starts in the notebook folder and imports json before it is sandboxed.
+    planted.ok("%load_jax --processes 2 --devices-per-process 1", timeout=SET_TIMEOUT)
+    res = planted.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)
+    assert res.of("execute_result")[0]["data"]["text/plain"] == "2"
+    planted.ok("%load_jax --processes 1", timeout=SET_TIMEOUT)
+    assert _markers(marker_dir) == []
+
+
+LIAR = """\
+import runpy
+import jax_kernel.worker.sandbox as sandbox
+
+def apply(policy):
+    # What a module planted before the sandbox could do: skip it all and report strict, all active.
+    sandbox.REPORT = {
+        "profile": (policy or {}).get("profile", "off"),
+        "active": {"no_new_privs": "set", "capabilities": "all dropped", "filesystem": "Landlock",
+                    "seccomp": "deny-list filter", "network": "isolated"},
+        "unavailable": {},
+    }
+    return sandbox.REPORT
+
+sandbox.apply = apply
+runpy.run_module("jax_kernel.worker", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("profile", ["standard", "strict"])
+def test_a_worker_that_forges_its_sandbox_report_runs_no_cell(tmp_path: Path, profile: str) -> None:
+    liar = tmp_path / "liar.py"
+    liar.write_text(LIAR)
+    decoy = tmp_path / "decoy"
+    decoy.write_text("untouched")
+    km, kc = start_kernel(
+        extra_arguments=[
+            f"--Sandbox.profile={profile}",
+            f"--WorkerManager.worker_argv={json.dumps([sys.executable, '-P', str(liar)])}",
+        ]
+    )
+    try:
+        for _ in range(2):  # and the next cell gets the same clear error, from a kernel still alive
+            res = execute(kc, f"open({str(decoy)!r}, 'w').write('forged')", timeout=60)
+            assert res.reply["status"] == "error", res.reply
+            assert "sandbox is not in force" in res.reply["evalue"], res.reply["evalue"]
+            assert "seccomp" in res.reply["evalue"] and "no_new_privs" in res.reply["evalue"]
+        assert decoy.read_text() == "untouched"
+        assert km.is_alive()
+    finally:
+        stop_kernel(km, kc)
