@@ -81,14 +81,20 @@ def spawn(
     sandbox: Any = None,
     cwd: str | None = None,
 ) -> Spawned:
-    """Start ``argv`` with one end of a socketpair (the wire) and its JSON config as arguments."""
+    """Start ``argv`` with one end of a socketpair (the wire) and its JSON config as arguments.
+
+    The config (the sandbox policy with every hidden and writable path) goes on a memfd named
+    ``@FD``, not on the command line, which any process of the host can read in /proc."""
     parent_sock, child_sock = socket.socketpair()
     child_fd = child_sock.fileno()
     config = dict(config, parent_pid=os.getpid())
+    config_fd = os.memfd_create("jax-kernel-worker-config")
     try:
+        os.write(config_fd, json.dumps(config).encode())
+        os.lseek(config_fd, 0, os.SEEK_SET)
         proc = subprocess.Popen(
-            [*argv, str(child_fd), json.dumps(config)],
-            pass_fds=(child_fd,),
+            [*argv, str(child_fd), f"@{config_fd}"],
+            pass_fds=(child_fd, config_fd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -98,6 +104,7 @@ def spawn(
         )
     finally:
         child_sock.close()
+        os.close(config_fd)
     return Spawned(proc, parent_sock, sandbox)
 
 

@@ -764,7 +764,9 @@ class WorkerSet:
                 else [f"a pid of its own (it named {m.pid}, not a process the launcher started)"]
             )
         missing = audit(m.pid, m.sandbox.policy, msg.get("sandbox"))
-        self.log.info("Set member %s checked from outside: %s", m.describe(), "; ".join(missing) or "sandboxed")
+        self.log.info(
+            "Set member %s checked from outside: %s", m.describe(), "; ".join(missing) or "sandboxed"
+        )
         return missing
 
     def _local_processes(self) -> list[Any]:

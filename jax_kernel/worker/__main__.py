@@ -32,6 +32,14 @@ def die_with_parent(expected_ppid: int) -> None:
         os._exit(1)
 
 
+def read_config(arg: str) -> dict:
+    """The worker's config: ``@FD`` names the memfd the kernel wrote it to (see process.spawn)."""
+    if not arg.startswith("@"):
+        sys.exit(f"jax-kernel worker: the config argument must be @FD, not {arg[:40]!r}")
+    with os.fdopen(int(arg[1:]), "rb") as f:
+        return json.loads(f.read())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start the worker on the socket descriptor the kernel passed us."""
     argv = sys.argv[1:] if argv is None else argv
@@ -43,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         config, resume = setup["config"], setup["wire"]
     else:
         fd = int(argv[0])
-        config = json.loads(argv[1]) if len(argv) > 1 else {}
+        config = read_config(argv[1]) if len(argv) > 1 else {}
     die_with_parent(int(config.get("parent_pid", 0)))
     # The sandbox goes on before anything else is imported and before any thread exists:
     # Landlock covers only threads created after it (XLA's pools among them).
