@@ -10,6 +10,7 @@ the next cell.  All of this runs on the kernel's event loop thread; only
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import time
@@ -254,9 +255,21 @@ class WorkerManager(LoggingConfigurable):
 
     def _prepare_sandbox(self) -> Any:
         """One worker's sandbox: the policy, its cgroups, and the compilation cache it may write."""
-        return self.sandbox.prepare_worker(
-            extra_writable=[self.compilation_cache_dir] if self.compilation_cache else []
+        shared = (
+            (self.compilation_cache_dir, self.compilation_cache_folder()) if self.compilation_cache else None
         )
+        return self.sandbox.prepare_worker(shared_cache=shared)
+
+    def compilation_cache_folder(self) -> str:
+        """This notebook's folder of the compilation cache: one per working directory and profile.
+
+        JAX trusts what it reads from its cache (an entry is an executable), so a worker may write
+        only the folder of its own trust domain: notebooks in the same folder under the same profile
+        (which can write each other's files anyway) share one, and restarts keep their hits; an
+        ``off`` kernel never shares with a sandboxed one."""
+        domain = f"{self.sandbox.profile}\0{os.path.realpath(os.getcwd())}"
+        digest = hashlib.sha256(domain.encode()).hexdigest()[:20]
+        return os.path.join(self.compilation_cache_dir, f"{self.sandbox.profile}-{digest}")
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -342,7 +355,8 @@ class WorkerManager(LoggingConfigurable):
             "memory_cap": self.accelerators.memory_cap(),
         }
         if self.compilation_cache and "compilation_cache_dir" not in settings:
-            env["JAX_COMPILATION_CACHE_DIR"] = self.compilation_cache_dir
+            # The same path at every start: JAX's cache key includes it (a restart must hit).
+            env["JAX_COMPILATION_CACHE_DIR"] = self.compilation_cache_folder()
             env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = f"{self.compilation_cache_min_compile_secs:g}"
             env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(self.compilation_cache_max_bytes)
         if lease is not None:

@@ -349,6 +349,13 @@ class Sandbox(LoggingConfigurable):
         ".git with its hooks): code planted there would run outside the sandbox.",
     ).tag(config=True)
 
+    private_tmp = Bool(
+        True,
+        help="Give the worker a /tmp of its own (this kernel's, in its mount namespace): other "
+        "notebooks' temp files, kernels' connection files and tmux/ssh-agent sockets in the host's "
+        "/tmp are out of its sight; tempfile and literal /tmp paths work as usual.",
+    ).tag(config=True)
+
     env_deny = List(
         Unicode(),
         help="Environment variables (fnmatch patterns) removed from the worker's environment.",
@@ -439,6 +446,7 @@ class Sandbox(LoggingConfigurable):
             _sweep_stale_state(os.path.dirname(self._state_dir))
             os.mkdir(os.path.join(self._state_dir, "tmp"), 0o700)
             os.mkdir(os.path.join(self._state_dir, "history"), 0o700)
+            os.mkdir(os.path.join(self._state_dir, "root-tmp"), 0o700)  # the workers' /tmp
             # What a hidden file looks like inside the sandbox: empty and mode 000.
             os.close(os.open(os.path.join(self._state_dir, "mask"), os.O_CREAT | os.O_WRONLY, 0))
             atexit.register(shutil.rmtree, self._state_dir, True)
@@ -505,6 +513,36 @@ class Sandbox(LoggingConfigurable):
                 found.add(real)
         return sorted(found)
 
+    @staticmethod
+    def _kept_in_tmp(paths: Sequence[str]) -> list[str]:
+        """What of the host's /tmp a worker with a private /tmp still needs, at the same paths:
+        ``paths`` (its writable folders and state dir) and whatever it runs or reads its config
+        from (an interpreter, a checkout or a home under /tmp); the rest of /tmp is not there."""
+        import site
+        import sysconfig
+
+        from jupyter_core.paths import jupyter_config_path, jupyter_path
+
+        needed = {
+            *paths,
+            sys.prefix,
+            sys.exec_prefix,
+            sys.base_prefix,
+            os.path.dirname(os.path.dirname(__file__)),
+        }
+        needed.update(sysconfig.get_paths().values())
+        needed.update(getattr(site, "getsitepackages", list)())
+        needed.update(p for p in sys.path if os.path.isabs(p))
+        needed.update(jupyter_config_path() + jupyter_path())
+        needed.add(os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython"))
+        needed.add(os.path.expanduser("~"))
+        tmp = os.path.realpath("/tmp")
+        return sorted(
+            real
+            for real in {os.path.realpath(p) for p in needed if p}
+            if real != tmp and real.startswith(tmp + "/") and os.path.exists(real)
+        )
+
     def refuse_device(self, platform: str, index: int | None = None) -> str | None:
         """Why a request for an accelerator (``jax_load_request``, a magic) is refused, or None.
 
@@ -567,11 +605,19 @@ class Sandbox(LoggingConfigurable):
             clean["CUDA_VISIBLE_DEVICES"] = ",".join(i.strip() for i in self.accelerators.split(","))
         return clean
 
-    def prepare_worker(self, cwd: str | None = None, extra_writable: Sequence[str] = ()) -> WorkerSandbox:
+    def prepare_worker(
+        self,
+        cwd: str | None = None,
+        extra_writable: Sequence[str] = (),
+        shared_cache: tuple[str, str] | None = None,
+    ) -> WorkerSandbox:
         """Resolve the policy for one new worker (and make its cgroups, where we can).
 
-        ``extra_writable``: folders the kernel itself gives workers (the compilation cache), made if
-        missing; unlike ``writable_paths`` they are not the deployer's to choose.
+        ``extra_writable``: folders the kernel itself gives workers, made if missing; unlike
+        ``writable_paths`` they are not the deployer's to choose.  ``shared_cache``: (root, folder)
+        of a cache that outlives the kernel (JAX's compilation cache): the worker may write its own
+        folder and, in its mount namespace, sees nothing else of the root, since a cache entry is
+        code and data the next reader trusts (``_shared_cache`` in the worker's sandbox).
         """
         if not self.enabled:
             return WorkerSandbox({"profile": "off"})
@@ -587,9 +633,12 @@ class Sandbox(LoggingConfigurable):
         ]
         # Caches the kernel hands out hold data that no tool runs, and JAX keeps a .lockfile in
         # its cache: no dot-file protection inside them.
+        if shared_cache is not None:
+            os.makedirs(shared_cache[1], exist_ok=True)
         caches = [
             os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
             *extra_writable,
+            *([shared_cache[1]] if shared_cache is not None else []),
             self._matplotlib_cache() or "",
         ]
         caches = [c for c in caches if c]
@@ -622,6 +671,14 @@ class Sandbox(LoggingConfigurable):
             "deny_unix_sockets": self.profile == "strict",
             "kernel_side": kernel_side,
         }
+        if shared_cache is not None:
+            root, folder = (os.path.realpath(p) for p in shared_cache)
+            policy["fs"]["shared_cache"] = {"root": root, "folder": folder}
+        if self.private_tmp:
+            policy["fs"]["private_tmp"] = {
+                "dir": os.path.join(state, "root-tmp"),
+                "keep": self._kept_in_tmp([*writable, state]),
+            }
         ws = WorkerSandbox(policy)
         name = f"jax-kernel-{os.getpid()}-{next(self._ids)}"
         wanted = {}

@@ -12,6 +12,7 @@ sandbox can write (the worker may write its notebook folder, its temp dir and ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -91,7 +92,8 @@ def _markers(marker_dir: Path) -> list[str]:
 def test_the_marker_folder_is_out_of_the_cells_reach(planted: Kernel, marker_dir: Path) -> None:
     # The decoy only means something if the worker itself can't write it.
     res = execute(planted.kc, f"open({str(marker_dir / 'from-cell')!r}, 'w')")
-    assert res.reply["status"] == "error" and res.reply["ename"] in ("PermissionError", "OSError")
+    assert res.reply["status"] == "error"
+    assert res.reply["ename"] in ("PermissionError", "FileNotFoundError")  # FileNotFound: not in its /tmp
     assert _markers(marker_dir) == []
 
 
@@ -220,3 +222,161 @@ def test_a_worker_that_forges_its_sandbox_report_runs_no_cell(tmp_path: Path, pr
         assert km.is_alive()
     finally:
         stop_kernel(km, kc)
+
+
+@pytest.fixture(scope="module")
+def host_tmp() -> Iterator[dict[str, str]]:
+    """Decoys in the host's /tmp: a file, a tmux-like socket with a server the test watches, and
+    another kernel started as nbclient starts one, with its connection file in /tmp."""
+    import socket
+    import threading
+    import uuid
+
+    tag = uuid.uuid4().hex[:12]
+    decoy = f"/tmp/jax-decoy-{tag}.txt"
+    Path(decoy).write_text("host secret")
+    sock_dir = f"/tmp/tmux-jaxtest-{tag}"
+    os.mkdir(sock_dir, 0o700)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(f"{sock_dir}/default")
+    server.listen(4)
+    server.settimeout(0.2)
+    connections: list[object] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                connections.append(server.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=watch, daemon=True).start()
+    conn_file = f"/tmp/kernel-jaxtest-{tag}.json"
+    km, kc = start_kernel(connection_file=conn_file)
+    try:
+        yield {
+            "decoy": decoy,
+            "socket": f"{sock_dir}/default",
+            "connection_file": conn_file,
+            "tag": tag,
+            "other": Kernel(km, kc),  # type: ignore[dict-item]
+            "connections": connections,  # type: ignore[dict-item]
+        }
+    finally:
+        stop.set()
+        stop_kernel(km, kc)
+        server.close()
+        for path in (decoy, f"{sock_dir}/default"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os.rmdir(sock_dir)
+
+
+@pytest.mark.parametrize("profile", ["standard", "strict"])
+def test_a_worker_sees_a_tmp_of_its_own(host_tmp: dict, profile: str, tmp_path: Path) -> None:
+    km, kc = start_kernel(extra_arguments=[f"--Sandbox.profile={profile}"], cwd=str(tmp_path))
+    kernel = Kernel(km, kc)
+    tag = host_tmp["tag"]
+    try:
+        assert os.path.exists(host_tmp["connection_file"])  # it is there, for code outside
+        code = (
+            "import os, socket\n"
+            f"seen = [os.path.exists(p) for p in {[host_tmp['decoy'], host_tmp['connection_file']]!r}]\n"
+            "try:\n"
+            "    s = socket.socket(socket.AF_UNIX)\n"
+            f"    s.connect({host_tmp['socket']!r})\n"
+            "    reached = True\n"
+            "except OSError:\n"
+            "    reached = False\n"
+            "seen, reached, sorted(n for n in os.listdir('/tmp') if 'jaxtest' in n or 'jax-decoy' in n)"
+        )
+        assert kernel.ok(code).of("execute_result")[0]["data"]["text/plain"] == "([False, False], False, [])"
+        assert host_tmp["connections"] == []
+        # /tmp works as users expect, for this kernel alone: literal paths and tempfile, across cells.
+        mine = f"/tmp/jax-cell-{tag}-{profile}"
+        kernel.ok(f"import tempfile\nopen({mine!r}, 'w').write('mine')\nt = tempfile.mkstemp(dir='/tmp')[1]")
+        res = kernel.ok(f"open({mine!r}).read(), open(t).read(), t.startswith('/tmp/')")
+        assert res.of("execute_result")[0]["data"]["text/plain"] == "('mine', '', True)"
+        assert not os.path.exists(mine)
+        other = host_tmp["other"].ok(f"import os; os.path.exists({mine!r})")
+        assert other.of("execute_result")[0]["data"]["text/plain"] == "False"
+        assert kernel.ok("import jax.numpy as jnp; float(jnp.ones(3).sum())").of("execute_result")
+    finally:
+        stop_kernel(km, kc)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _cached_folder(root: Path, prefix: str) -> Path:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        folders = [p for p in root.iterdir() if p.name.startswith(prefix)] if root.exists() else []
+        if folders and _files(folders[0]):
+            return folders[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no {prefix}* folder with entries in {root}")
+
+
+def test_notebooks_do_not_share_a_compilation_cache(tmp_path: Path) -> None:
+    # A standard notebook against a strict one, both with the same cache root (the default's shape):
+    # JAX runs what it reads from its cache, so reading or writing another notebook's entries is
+    # reading its data and running code in it.
+    root = tmp_path / "cache"
+    folders = {name: tmp_path / name for name in ("a", "b")}
+    for folder in folders.values():
+        folder.mkdir()
+    common = [f"--WorkerManager.compilation_cache_dir={root}"]
+    km_b, kc_b = start_kernel(extra_arguments=[*common, "--Sandbox.profile=strict"], cwd=str(folders["b"]))
+    km_a, kc_a = start_kernel(extra_arguments=common, cwd=str(folders["a"]))
+    b, a = Kernel(km_b, kc_b), Kernel(km_a, kc_a)
+    jit = "import jax, jax.numpy as jnp\nf = jax.jit(lambda x: x * 3 + 2)\nfloat(f(jnp.ones(3)).sum())"
+    try:
+        assert b.ok(jit).of("execute_result")[0]["data"]["text/plain"] == "15.0"
+        b_folder = _cached_folder(root, "strict-")
+        before = _files(b_folder)
+        names = sorted(before)
+        code = (
+            "import os\n"
+            "out = []\n"
+            f"for action, path in [('list', {str(root)!r}), ('list', {str(b_folder)!r}),\n"
+            f"                     ('read', os.path.join({str(b_folder)!r}, {names[0]!r})),\n"
+            f"                     ('write', os.path.join({str(b_folder)!r}, {names[0]!r})),\n"
+            f"                     ('write', os.path.join({str(b_folder)!r}, 'planted'))]:\n"
+            "    try:\n"
+            "        if action == 'list':  # an error, or a listing without B's folder\n"
+            f"            if {b_folder.name!r} not in os.listdir(path):\n"
+            "                raise PermissionError('not there')\n"
+            "        elif action == 'read':\n"
+            "            open(path, 'rb').read()\n"
+            "        else:\n"
+            "            open(path, 'wb').write(b'forged')\n"
+            "        out.append(action)\n"
+            "    except OSError:\n"
+            "        out.append('denied')\n"
+            "out"
+        )
+        res = a.ok(code)
+        assert res.of("execute_result")[0]["data"]["text/plain"] == str(["denied"] * 5)
+        assert _files(b_folder) == before
+        # Each keeps a working cache of its own, and B's next cell still runs its own function.
+        assert a.ok(jit).of("execute_result")[0]["data"]["text/plain"] == "15.0"
+        assert _files(_cached_folder(root, "standard-"))
+        assert b.ok("float(f(jnp.ones(3)).sum())").of("execute_result")[0]["data"]["text/plain"] == "15.0"
+    finally:
+        stop_kernel(km_a, kc_a)
+        stop_kernel(km_b, kc_b)
+
+
+def test_the_policy_is_not_on_the_workers_command_line(planted: Kernel) -> None:
+    # Any process of the host can read /proc/<pid>/cmdline: every hidden and writable path of the
+    # policy was there for another notebook's cell to read.
+    pid = planted.worker_pid()
+    with open(f"/proc/{pid}/cmdline") as f:
+        cmdline = f.read().replace("\0", " ")
+    assert "jax_kernel.worker" in cmdline
+    for text in ('"sandbox"', '"hidden"', '"writable"', "parent_pid"):
+        assert text not in cmdline, cmdline
+    assert planted.ok("1 + 1").of("execute_result")

@@ -189,6 +189,7 @@ def _write(path: str, text: str) -> None:
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -249,6 +250,23 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
                 _mount(None, real, None, MS_REMOUNT | MS_BIND)
             except Unavailable as e:
                 report.unavailable(f"writable:{real}", str(e))
+    shared = policy.get("fs", {}).get("shared_cache")
+    if shared:
+        try:
+            _shared_cache(shared["root"], shared["folder"])
+            report.data["cache"] = "compilation cache: this notebook's folder only (the others are not there)"
+        except (Unavailable, OSError, KeyError, TypeError) as e:
+            report.data["cache"] = f"compilation cache: other notebooks' folders stay readable ({e})"
+    private_tmp = policy.get("fs", {}).get("private_tmp")
+    tmp_note = ""
+    if private_tmp:
+        try:
+            writable_now = policy.get("fs", {}).get("writable", [])
+            kept = _private_tmp(private_tmp["dir"], private_tmp.get("keep", []), writable_now)
+            policy["tmp_done"] = os.path.realpath("/tmp")
+            tmp_note = f"; a private /tmp ({kept} of the host's paths under it kept: the kernel's own)"
+        except (Unavailable, OSError, KeyError, TypeError) as e:
+            report.unavailable("private_tmp", str(e))
     mask_file = policy.get("fs", {}).get("mask_file")
     for path in policy.get("fs", {}).get("hidden", []):
         real = os.path.realpath(path)
@@ -279,9 +297,91 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
         dev = f"; /dev carved out of Landlock's rules ({e})"
     report.data["masking"] = (
         f"mount namespace: {len(masked)} paths covered by empty mode-000 mounts{dev}; "
-        f"{len(readonly)} paths inside writable folders kept read-only (code, config, dot-files)"
+        f"{len(readonly)} paths inside writable folders kept read-only (code, config, dot-files){tmp_note}"
     )
     return masked
+
+
+def _private_tmp(directory: str, keep: list[str], writable: list[str]) -> int:
+    """Put ``directory`` (the kernel's, empty at first) over ``/tmp``, then bind back what of the
+    host's ``/tmp`` the worker needs (``keep``: its notebook folder, state dir, interpreter, ... when
+    they live there), each at its own path; return how many were bound back.
+
+    Other notebooks' temp files, their kernels' connection files (jupyter_client puts them in /tmp
+    when no runtime dir is given), tmux's and ssh-agent's sockets: none of it is in the new /tmp.
+    Every path is opened (O_PATH) before /tmp is covered and bound from its descriptor, so the
+    mounts made before (read-only code, a writable cache inside it) come along (MS_REC).  What is
+    not inside a ``writable`` path is bound back read-only: the new /tmp itself is writable, and
+    Landlock's grant on it would reach whatever is mounted beneath it.
+    """
+    writable_real = [os.path.realpath(w) for w in writable]
+    real_tmp = os.path.realpath("/tmp")
+    inside = sorted(
+        {os.path.realpath(p) for p in keep if _is_within(os.path.realpath(p), real_tmp) and os.path.exists(p)}
+    )
+    # Parents first; a kept path inside another comes along with it (MS_REC), unless it must be
+    # writable inside a read-only one (the state dir's history and temp dirs): then it gets its own.
+    plan: list[tuple[str, bool]] = []
+    for path in inside:
+        rw = any(_is_within(path, w) for w in writable_real)
+        parent = next((b for b in reversed(plan) if _is_within(path, b[0])), None)
+        if path != real_tmp and (parent is None or parent[1] != rw):
+            plan.append((path, rw))
+    fds = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for path, _ in plan}
+    new = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _mount(f"/proc/self/fd/{new}", real_tmp, None, MS_BIND)
+    except Unavailable:
+        for fd in [new, *fds.values()]:
+            os.close(fd)
+        raise
+    try:
+        _mount(None, real_tmp, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+        for path, fd in fds.items():
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.makedirs(path, exist_ok=True)
+            elif not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            if not dict(plan)[path]:
+                _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    except (Unavailable, OSError):
+        _libc.umount2(real_tmp.encode(), MNT_DETACH)  # all or nothing: the host's /tmp as before
+        raise
+    finally:
+        for fd in [new, *fds.values()]:
+            os.close(fd)
+    return len(plan)
+
+
+def _shared_cache(root: str, folder: str) -> None:
+    """Cover ``root`` (a cache every notebook's kernel uses) with an empty tmpfs that holds only
+    ``folder``, this trust domain's, at its own path: the path stays the same at every start
+    (JAX's cache key includes it), and the other folders are neither readable nor writable.
+
+    The tmpfs is mode 0111 and read-only once the folder is mounted in it: it can be walked
+    through, not listed (the capabilities that would override that are dropped next)."""
+    if not _is_within(folder, root) or folder == root:
+        raise Unavailable(f"{folder} is not a folder inside {root}")
+    fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _mount("none", root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0111")
+        try:
+            os.makedirs(folder, mode=0o111, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", folder, None, MS_BIND | MS_REC)
+            _mount(
+                None,
+                root,
+                None,
+                MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                "size=64k,mode=0111",
+            )
+        except (Unavailable, OSError):
+            _libc.umount2(root.encode(), MNT_DETACH)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _bind_regular_file(source: str, target: str) -> None:
@@ -686,7 +786,7 @@ def _landlock(
     if "/dev" in masked or "/dev/shm" in fs.get("devices", []):
         rs.add("/dev/shm", rs.handled)
     writable = []
-    for path in fs.get("writable", []):
+    for path in [*fs.get("writable", []), *([policy["tmp_done"]] if policy.get("tmp_done") else [])]:
         # A writable folder that holds a hidden path (notebooks in ~) can't itself be listed or
         # get new entries; what is in it can.  Landlock can only allow, never carve out.
         # Without the mount namespace, what must stay read-only is carved out of the write grant.

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from typing import Any
 
 from IPython.core import release
@@ -66,7 +67,12 @@ class WorkerServer:
             shell_config.HistoryManager.hist_file = history_file
         # Cells are compiled under names a debugger frontend can compute (see cellnames).
         cellnames.NAMES = cellnames.CellNames(int(config.get("parent_pid", 0)))
-        self.shell = WorkerShell.instance(send=self._send_output, config=shell_config)
+        with warnings.catch_warnings():
+            # A read-only IPython dir is the sandbox at work, not news for the first cell's stderr.
+            # (Only an IPython dir under the host's /tmp is mounted read-only, by the private /tmp;
+            # IPython then takes a temp dir instead, so that profile's startup files do not run.)
+            warnings.filterwarnings("ignore", message="IPython dir .* is not a writable location")
+            self.shell = WorkerShell.instance(send=self._send_output, config=shell_config)
         self.comm_manager = comms.install(conn.send)
         jaxdisplay.register(self.shell)
         self.compile_notice = compile_notice.install(conn.send)
