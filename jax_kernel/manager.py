@@ -259,13 +259,15 @@ class WorkerManager(LoggingConfigurable):
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        extra = {}
         for key, value in self.worker_env.items():
             if value:
-                env[key] = value
+                extra[key] = value
             else:
                 env.pop(key, None)
-        # The deployer's worker_env is applied before the scrub: secrets never pass, even by config.
-        return self.sandbox.worker_environment(env)
+        # The deployer's worker_env passes the allowlist (they named it) but not the deny list:
+        # secrets never pass, even by config.
+        return self.sandbox.worker_environment(env, extra)
 
     def _launch(self, config: dict[str, Any], env: dict[str, str] | None) -> Spawned:
         """Start a worker process: with its job (``env`` given) or as a standby (``env`` None)."""
