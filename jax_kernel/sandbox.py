@@ -126,8 +126,12 @@ DEFAULT_ENV_ALLOW = [
     "REQUESTS_CA_BUNDLE",
 ]
 
-#: Paths the worker can't read unless the deployer says otherwise (``~`` is expanded).
+#: Paths the worker can't read unless the deployer says otherwise.  ``~`` and ``$VAR`` are
+#: expanded and glob patterns matched each time a worker is prepared (see :meth:`Sandbox._hidden`).
 DEFAULT_HIDDEN = [
+    # As uid 0 without capabilities the worker still owns these (mode 0640 root:shadow).
+    "/etc/shadow",
+    "/etc/gshadow",
     "~/.ssh",
     "~/.jupyter",
     "~/.gnupg",
@@ -140,6 +144,30 @@ DEFAULT_HIDDEN = [
     "~/.git-credentials",
     "~/.pypirc",
     "~/.config/gh",
+    "~/.npmrc",
+    "~/.cache/huggingface",  # its token; the worker's own XDG_CACHE_HOME holds its downloads
+    "~/.huggingface",
+    "~/.kaggle",
+    "~/.databrickscfg",
+    "~/.vault-token",
+    "~/.terraform.d",
+    "~/.*_history",  # shell, Python, psql, MySQL histories: passwords typed on command lines
+    "~/.local/share/keyrings",
+    "~/.mozilla",
+    "~/.config/google-chrome",
+    "~/.config/chromium",
+    # User sockets: whoever connects to a tmux or screen server, an ssh-agent, an X display or
+    # VS Code's IPC socket types or runs commands as that user, outside the sandbox.
+    "/tmp/tmux-*",
+    "/tmp/ssh-*",
+    "/tmp/.X11-unix",
+    "/tmp/screen*",
+    "/tmp/uscreens",
+    "/run/screen",
+    "/var/run/screen",
+    "/tmp/vscode-ipc-*.sock",
+    "/tmp/vscode-git-*.sock",
+    "$XDG_RUNTIME_DIR/vscode-*",
     # Host control sockets: connecting to one as its owner (root) is root on the host, and
     # Landlock does not govern connect() on a socket path.
     "/run/docker.sock",
@@ -152,6 +180,7 @@ DEFAULT_HIDDEN = [
     "/run/user",
 ]
 
+_GLOB = re.compile(r"[*?[]")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -367,8 +396,9 @@ class Sandbox(LoggingConfigurable):
 
     hidden_paths = List(
         Unicode(),
-        help="Paths the worker can't read. The connection file and Jupyter's runtime dir are always "
-        "hidden, in addition to these.",
+        help="Paths the worker can't read (~ and $VAR expanded, glob patterns such as '/tmp/tmux-*' "
+        "matched when each worker starts: a path that appears later is hidden from the next worker). "
+        "The connection file and Jupyter's runtime dir are always hidden, in addition to these.",
     ).tag(config=True)
 
     @default("hidden_paths")
@@ -523,7 +553,18 @@ class Sandbox(LoggingConfigurable):
         return self._state_dir
 
     def _hidden(self) -> list[str]:
-        hidden = [os.path.expanduser(p) for p in self.hidden_paths]
+        """The hidden paths for a worker about to start: patterns expanded to what exists now.
+
+        The worker masks each path with a mount in its own namespace, which needs a concrete
+        path; a socket created later (a tmux server started after the worker) is not masked
+        until the next worker, which is why strict also forbids new unix sockets outright.
+        """
+        hidden = []
+        for pattern in self.hidden_paths:
+            path = os.path.expandvars(os.path.expanduser(pattern))
+            if "$" in path:
+                continue  # a variable this host does not set: nothing to hide
+            hidden += sorted(glob.glob(path)) if _GLOB.search(path) else [path]
         try:
             from jupyter_core.paths import jupyter_runtime_dir
 
