@@ -157,3 +157,51 @@ def test_worker_still_manages_itself_and_runs_jax(attacker: Kernel) -> None:
     assert out.split()[0] == str(64.0 * 64 * 64), out
     assert "[6.0, 6.0, 6.0, 6.0]" in out, out
     alive(attacker)
+
+
+THREADS = """
+import json, os, sys, jax, jax.numpy as jnp
+jnp.ones((64, 64)).sum().block_until_ready()  # XLA's thread pools exist now
+masks = {open(f'/proc/self/task/{t}/status').read().split('Cpus_allowed_list:')[1].split()[0]
+         for t in os.listdir('/proc/self/task')}
+print(json.dumps({"masks": sorted(masks), "cores": sorted(os.sched_getaffinity(0))}), file=sys.stderr)
+"""
+
+
+def placement(k: Kernel) -> dict[str, Any]:
+    res = k.ok(THREADS)
+    assert "could not pin" not in res.stderr, res.stderr
+    return json.loads(res.stderr.splitlines()[-1])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to lease one")
+def test_a_leased_worker_has_every_thread_on_its_cores(tmp_path: Any) -> None:
+    """The worker may pin only itself now: the kernel pins its other threads from outside."""
+    km, kc = start_kernel(["--Accelerators.devices=auto", f"--Accelerators.lease_dir={tmp_path}"])
+    k = Kernel(km, kc)
+    try:
+        need(k, "seccomp")
+        got = placement(k)
+        assert len(got["masks"]) == 1 and len(got["cores"]) < len(os.sched_getaffinity(0)), got
+        k.ok("%load_jax --devices 1")  # a new lease, taken up by the standby worker
+        got = placement(k)
+        assert len(got["masks"]) == 1 and len(got["cores"]) == 1, got
+    finally:
+        stop_kernel(km, kc)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to lease one to each process")
+def test_leased_set_members_have_every_thread_on_their_cores(tmp_path: Any) -> None:
+    """A member pins itself before it becomes a sandboxed worker, so its threads inherit the mask."""
+    km, kc = start_kernel(["--Accelerators.devices=auto", f"--Accelerators.lease_dir={tmp_path}"])
+    k = Kernel(km, kc)
+    try:
+        k.ok("%load_jax --processes 2 --devices-per-process 1", timeout=180)
+        res = k.ok(THREADS, timeout=120)  # each member's stderr lines start with "[rank] "
+        lines = [json.loads(line.split("] ", 1)[1]) for line in res.stderr.splitlines() if "] {" in line]
+        assert len(lines) == 2, res.stderr
+        for got in lines:
+            assert len(got["masks"]) == 1 and len(got["cores"]) == 1, got
+        assert lines[0]["cores"] != lines[1]["cores"], lines
+    finally:
+        stop_kernel(km, kc)
