@@ -302,5 +302,32 @@ def pin_env(lease: Lease) -> dict[str, str]:
     return {name: ids for name in VISIBLE_DEVICES_ENV.get(lease.platform, ())}
 
 
+def pin_tasks(pid: int, cores: list[int]) -> list[int]:
+    """Pin every thread of worker ``pid`` to ``cores`` from the kernel; return the tids that refused.
+
+    The worker's seccomp filter lets it set the affinity of itself only (pid 0 or its own pid: a
+    filter can't tell the worker's thread ids from other processes' pids), so a standby worker
+    can't pin the threads it already has when it takes up a lease.  The kernel, outside the
+    sandbox, can; threads started later inherit the mask of the thread that starts them.
+    """
+    wanted, done, refused = {int(c) for c in cores}, set(), []
+    for _ in range(3):  # again, for threads started while we pinned
+        try:
+            tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - done
+        except OSError:
+            break
+        if not tids:
+            break
+        for tid in sorted(tids):
+            done.add(tid)
+            try:
+                os.sched_setaffinity(tid, wanted)
+            except ProcessLookupError:
+                continue
+            except OSError:
+                refused.append(tid)
+    return refused
+
+
 def _ids(ids: list[int]) -> str:
     return ", ".join(map(str, ids)) if ids else "none"

@@ -21,7 +21,7 @@ from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, defau
 from traitlets.config import LoggingConfigurable
 
 from . import jaxspec, wire
-from .accelerators import Accelerators, Lease, LeaseError, pin_env
+from .accelerators import Accelerators, Lease, LeaseError, pin_env, pin_tasks
 from .importpath import SAFE_PATH_ENV
 from .process import Spawned, WorkerProcess, default_worker_argv, describe_exit, spawn
 from .processes import ProcessSet, WorkerSet
@@ -222,6 +222,9 @@ class WorkerManager(LoggingConfigurable):
             self.worker = self._spawn(config, env)
         self.worker.started_at = time.monotonic()
         self.starts += 1
+        cores = config.get("cpu_affinity")
+        if cores:
+            self._pin(self.worker, cores)
         self.log.info("Started worker %s%s", self.worker.pid, " (standby)" if spare is self.worker else "")
         self.worker.ready.add_done_callback(lambda _f: self._refill_standby())
         return self.worker
@@ -243,6 +246,19 @@ class WorkerManager(LoggingConfigurable):
             options=options,
             **self._wiring(),
         )
+
+    def _pin(self, worker: WorkerProcess, cores: list[int]) -> None:
+        """Pin the worker's threads to its leased cores now and once it is ready (see pin_tasks)."""
+
+        def pin(_f: Any = None) -> None:
+            refused = pin_tasks(worker.pid, cores)
+            if refused:
+                self.log.warning(
+                    "Could not pin threads %s of worker %s to cores %s", refused, worker.pid, cores
+                )
+
+        pin()
+        worker.ready.add_done_callback(pin)
 
     def _lease_for_set(self, platform: str, count: int) -> Lease | None:
         """Lease ``count`` devices (cores on a CPU host) for a set's members on this host, when the
@@ -278,13 +294,15 @@ class WorkerManager(LoggingConfigurable):
         for key in SAFE_PATH_ENV:
             env.pop(key, None)
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        extra = {}
         for key, value in self.worker_env.items():
             if value:
-                env[key] = value
+                extra[key] = value
             else:
                 env.pop(key, None)
-        # The deployer's worker_env is applied before the scrub: secrets never pass, even by config.
-        return self.sandbox.worker_environment(env)
+        # The deployer's worker_env passes the allowlist (they named it) but not the deny list:
+        # secrets never pass, even by config.
+        return self.sandbox.worker_environment(env, extra)
 
     def _launch(self, config: dict[str, Any], env: dict[str, str] | None) -> Spawned:
         """Start a worker process: with its job (``env`` given) or as a standby (``env`` None)."""

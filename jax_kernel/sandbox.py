@@ -60,8 +60,78 @@ DEFAULT_ENV_DENY = [
     "*CONNECTION_FILE*",
 ]
 
-#: Paths the worker can't read unless the deployer says otherwise (``~`` is expanded).
+#: The only environment variables that reach the worker (fnmatch patterns, case-insensitive),
+#: unless the deployer names more (``Sandbox.env_allow``) or sets them (``WorkerManager.worker_env``).
+#: A deny list can't know every service's secret (``DATABASE_URL``, ``SENTRY_DSN``, ``GH_PAT``, a
+#: proxy URL with a password in it), so what passes is what a Python/JAX process needs: paths,
+#: locale, terminal, and the variables of JAX, XLA, the accelerator runtimes and the BLAS/OpenMP
+#: thread pools.  Jupyter's path variables pass (they point the worker at the same config and data
+#: as the kernel); its runtime dir and tokens never do (``Sandbox.env_deny`` wins).
+DEFAULT_ENV_ALLOW = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TERM",
+    "COLORTERM",
+    "TZ",
+    "TZDIR",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "JAX_*",
+    "XLA_*",
+    "TF_CPP_*",
+    "CUDA_*",
+    "NVIDIA_*",
+    "ROCR_*",
+    "ROCM_*",
+    "HIP_*",
+    "TPU_*",
+    "LIBTPU_*",
+    "NCCL_*",
+    "OMP_*",
+    "MKL_*",
+    "OPENBLAS_*",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONWARNINGS",
+    "PYTHONHASHSEED",
+    "PYTHONUNBUFFERED",
+    "PYTHONIOENCODING",
+    "PYTHONUTF8",
+    "PYTHONSAFEPATH",
+    "PYTHONNOUSERSITE",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONFAULTHANDLER",
+    "PYDEVD_DISABLE_FILE_VALIDATION",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "MPLBACKEND",
+    "MPLCONFIGDIR",
+    "IPYTHONDIR",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "JUPYTER_CONFIG_DIR",
+    "JUPYTER_CONFIG_PATH",
+    "JUPYTER_DATA_DIR",
+    "JUPYTER_PATH",
+    "JUPYTER_PLATFORM_DIRS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+]
+
+#: Paths the worker can't read unless the deployer says otherwise.  ``~`` and ``$VAR`` are
+#: expanded and glob patterns matched each time a worker is prepared (see :meth:`Sandbox._hidden`).
 DEFAULT_HIDDEN = [
+    # As uid 0 without capabilities the worker still owns these (mode 0640 root:shadow).
+    "/etc/shadow",
+    "/etc/gshadow",
     "~/.ssh",
     "~/.jupyter",
     "~/.gnupg",
@@ -74,6 +144,30 @@ DEFAULT_HIDDEN = [
     "~/.git-credentials",
     "~/.pypirc",
     "~/.config/gh",
+    "~/.npmrc",
+    "~/.cache/huggingface",  # its token; the worker's own XDG_CACHE_HOME holds its downloads
+    "~/.huggingface",
+    "~/.kaggle",
+    "~/.databrickscfg",
+    "~/.vault-token",
+    "~/.terraform.d",
+    "~/.*_history",  # shell, Python, psql, MySQL histories: passwords typed on command lines
+    "~/.local/share/keyrings",
+    "~/.mozilla",
+    "~/.config/google-chrome",
+    "~/.config/chromium",
+    # User sockets: whoever connects to a tmux or screen server, an ssh-agent, an X display or
+    # VS Code's IPC socket types or runs commands as that user, outside the sandbox.
+    "/tmp/tmux-*",
+    "/tmp/ssh-*",
+    "/tmp/.X11-unix",
+    "/tmp/screen*",
+    "/tmp/uscreens",
+    "/run/screen",
+    "/var/run/screen",
+    "/tmp/vscode-ipc-*.sock",
+    "/tmp/vscode-git-*.sock",
+    "$XDG_RUNTIME_DIR/vscode-*",
     # Host control sockets: connecting to one as its owner (root) is root on the host, and
     # Landlock does not govern connect() on a socket path.
     "/run/docker.sock",
@@ -86,6 +180,7 @@ DEFAULT_HIDDEN = [
     "/run/user",
 ]
 
+_GLOB = re.compile(r"[*?[]")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -301,8 +396,9 @@ class Sandbox(LoggingConfigurable):
 
     hidden_paths = List(
         Unicode(),
-        help="Paths the worker can't read. The connection file and Jupyter's runtime dir are always "
-        "hidden, in addition to these.",
+        help="Paths the worker can't read (~ and $VAR expanded, glob patterns such as '/tmp/tmux-*' "
+        "matched when each worker starts: a path that appears later is hidden from the next worker). "
+        "The connection file and Jupyter's runtime dir are always hidden, in addition to these.",
     ).tag(config=True)
 
     @default("hidden_paths")
@@ -356,9 +452,21 @@ class Sandbox(LoggingConfigurable):
         "/tmp are out of its sight; tempfile and literal /tmp paths work as usual.",
     ).tag(config=True)
 
+    env_allow = List(
+        Unicode(),
+        help="The only environment variables (fnmatch patterns, case-insensitive) the worker gets "
+        "from the kernel's environment; env_deny still removes any of them, and "
+        "WorkerManager.worker_env is set whatever this says. Not applied under the off profile.",
+    ).tag(config=True)
+
+    @default("env_allow")
+    def _default_env_allow(self) -> list[str]:
+        return list(DEFAULT_ENV_ALLOW)
+
     env_deny = List(
         Unicode(),
-        help="Environment variables (fnmatch patterns) removed from the worker's environment.",
+        help="Environment variables (fnmatch patterns, case-insensitive) removed from the worker's "
+        "environment, even when env_allow or WorkerManager.worker_env names them.",
     ).tag(config=True)
 
     @default("env_deny")
@@ -453,7 +561,18 @@ class Sandbox(LoggingConfigurable):
         return self._state_dir
 
     def _hidden(self) -> list[str]:
-        hidden = [os.path.expanduser(p) for p in self.hidden_paths]
+        """The hidden paths for a worker about to start: patterns expanded to what exists now.
+
+        The worker masks each path with a mount in its own namespace, which needs a concrete
+        path; a socket created later (a tmux server started after the worker) is not masked
+        until the next worker, which is why strict also forbids new unix sockets outright.
+        """
+        hidden = []
+        for pattern in self.hidden_paths:
+            path = os.path.expandvars(os.path.expanduser(pattern))
+            if "$" in path:
+                continue  # a variable this host does not set: nothing to hide
+            hidden += sorted(glob.glob(path)) if _GLOB.search(path) else [path]
         try:
             from jupyter_core.paths import jupyter_runtime_dir
 
@@ -582,12 +701,24 @@ class Sandbox(LoggingConfigurable):
             )
         return control + [f"/dev/nvidia{i.strip()}" for i in self.accelerators.split(",")]
 
-    def worker_environment(self, env: dict[str, str]) -> dict[str, str]:
-        """The kernel's environment minus secrets, plus the worker's private temp dir."""
+    def worker_environment(self, env: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
+        """What the kernel's ``env`` passes of the allowlist, plus ``extra`` (the deployer's own
+        variables), minus the deny list, plus the worker's private temp dir.
+
+        Allow, not just deny: a secret is any variable a service reads (``DATABASE_URL``), and no
+        list of names finds them all.  Under the off profile ``env`` and ``extra`` pass whole.
+        """
         if not self.enabled:
-            return env
+            return {**env, **(extra or {})}
+        allow = [p.upper() for p in self.env_allow]
         deny = [p.upper() for p in self.env_deny]
-        clean = {k: v for k, v in env.items() if not any(fnmatch.fnmatchcase(k.upper(), p) for p in deny)}
+
+        def matches(name: str, patterns: list[str]) -> bool:
+            return any(fnmatch.fnmatchcase(name.upper(), p) for p in patterns)
+
+        passed = {k: v for k, v in env.items() if matches(k, allow)}
+        passed.update(extra or {})
+        clean = {k: v for k, v in passed.items() if not matches(k, deny)}
         tmp = os.path.join(self.state_dir(), "tmp")
         clean.update(TMPDIR=tmp, TEMP=tmp, TMP=tmp)
         # Tools' own caches go to the worker's temp dir: jedi and parso keep pickles there that
@@ -646,7 +777,10 @@ class Sandbox(LoggingConfigurable):
             os.makedirs(cache, exist_ok=True)
         writable += caches
         writable += [os.path.expanduser(p) for p in self.writable_paths]
-        kernel_side = {"environment": "scrubbed (kernel secrets, tokens, connection paths removed)"}
+        kernel_side = {
+            "environment": "allowlist (Sandbox.env_allow, minus Sandbox.env_deny): kernel secrets, "
+            "tokens, service URLs and connection paths stay out"
+        }
         if self.cpu_time_limit:
             kernel_side["cpu_time_limit"] = f"{self.cpu_time_limit:g} CPU s per cell (kernel-side watchdog)"
         policy: dict[str, Any] = {

@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     env = msg.get("env")
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         sys.exit("jax-kernel member: the setup's environment is not a string mapping")
+    cores = msg["config"].get("cpu_affinity")
+    if cores:
+        # Pinned now, while this is the only thread: the worker image keeps the mask across exec
+        # and every thread it starts inherits it.  Once sandboxed it may pin only itself.
+        try:
+            os.sched_setaffinity(0, {int(c) for c in cores})
+        except (OSError, ValueError, TypeError) as e:
+            print(f"jax-kernel member: could not pin to cores {cores}: {e}", file=sys.stderr)
     setup = os.memfd_create("jax-kernel-member", 0)  # no MFD_CLOEXEC: the new image reads it
     os.write(setup, json.dumps({"wire": conn.state(), "config": msg["config"]}).encode())
     os.lseek(setup, 0, os.SEEK_SET)

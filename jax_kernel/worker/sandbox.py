@@ -847,6 +847,27 @@ _DENY = {
 #: capabilities gone, uid 0 could still chmod /etc/shadow or make a binary setuid.  So for root
 #: these succeed without doing anything (an error would break shutil.copy and friends).
 _CHMOD = {"x86_64": (90, 91, 268, 452), "aarch64": (52, 53, 452)}
+#: Calls that act on a process or thread named by a pid argument: (number, index of the pid
+#: argument, required value of args[0] or None, whether a NULL new value (args[2]) makes it a
+#: harmless read).  Same uid is all the kernel asks for, so without this a cell could set
+#: another kernel's CPU rlimit to 1 s or re-pin its threads; they succeed only on the caller
+#: itself (pid 0, or the worker's own pid baked in).  setpriority and ioprio_set take
+#: (which, who): only "a process" (PRIO_PROCESS 0, IOPRIO_WHO_PROCESS 1) is allowed, since
+#: who=0 with "a user" means every process of the caller's uid.
+_SELF_ONLY = {
+    "x86_64": {
+        "prlimit64": (302, 0, None, True), "setpriority": (141, 1, 0, False),
+        "sched_setaffinity": (203, 0, None, False), "sched_setscheduler": (144, 0, None, False),
+        "sched_setparam": (142, 0, None, False), "sched_setattr": (314, 0, None, False),
+        "ioprio_set": (251, 1, 1, False),
+    },
+    "aarch64": {
+        "prlimit64": (261, 0, None, True), "setpriority": (140, 1, 0, False),
+        "sched_setaffinity": (122, 0, None, False), "sched_setscheduler": (119, 0, None, False),
+        "sched_setparam": (118, 0, None, False), "sched_setattr": (274, 0, None, False),
+        "ioprio_set": (30, 1, 1, False),
+    },
+}  # fmt: skip
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _SOCKET = {"x86_64": 41, "aarch64": 198}
 #: Allowed at once, before the deny list is walked: XLA's thread pools call futex all the time.
@@ -871,13 +892,62 @@ def _ins(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def seccomp_program(arch: str = _ARCH, root: bool = False, deny_unix_sockets: bool = False) -> bytes:
+def _arg_lo(i: int) -> int:
+    """Offset of the low 32 bits of syscall argument ``i`` in struct seccomp_data (little endian).
+
+    A pid, ``which`` or ``who`` is an int: the kernel reads only those 32 bits, so they are what
+    the filter must compare (a set high half changes nothing the kernel does)."""
+    return 16 + 8 * i
+
+
+def _self_only(nr: int, pid_arg: int, which: int | None, read_ok: bool, pid: int) -> list[bytes]:
+    """BPF for one :data:`_SELF_ONLY` call: allow it on pid 0 (self) or ``pid``, else EPERM.
+
+    Assumes the accumulator holds the syscall number; every path through the block returns.
+    """
+    # (code, k, where to go if true, if false): None is the next instruction.
+    body: list[tuple[int, int, str | None, str | None]] = []
+    if which is not None:
+        body += [(_BPF_LD_W_ABS, _arg_lo(0), None, None), (_BPF_JEQ_K, which, None, "deny")]
+    body += [
+        (_BPF_LD_W_ABS, _arg_lo(pid_arg), None, None),
+        (_BPF_JEQ_K, 0, "allow", None),
+        (_BPF_JEQ_K, pid & 0xFFFFFFFF, "allow", None if read_ok else "deny"),
+    ]
+    if read_ok:  # prlimit64(other, res, NULL, old) only reads a limit (/proc/<pid>/limits has it)
+        body += [
+            (_BPF_LD_W_ABS, _arg_lo(2), None, None),
+            (_BPF_JEQ_K, 0, None, "deny"),
+            (_BPF_LD_W_ABS, _arg_lo(2) + 4, None, None),
+            (_BPF_JEQ_K, 0, "allow", "deny"),
+        ]
+    at = {"deny": len(body), "allow": len(body) + 1}
+    code = [
+        _ins(op, k, at[jt] - i - 1 if jt else 0, at[jf] - i - 1 if jf else 0)
+        for i, (op, k, jt, jf) in enumerate(body)
+    ]
+    return [
+        _ins(_BPF_JEQ_K, nr, 0, len(code) + 2),
+        *code,
+        _ins(_BPF_RET_K, _RET_ERRNO | errno.EPERM),
+        _ins(_BPF_RET_K, _RET_ALLOW),
+    ]
+
+
+def seccomp_program(
+    arch: str = _ARCH, root: bool = False, deny_unix_sockets: bool = False, pid: int | None = None
+) -> bytes:
     """The deny-list filter as raw classic BPF (no libseccomp needed).
 
     A denied call fails with EPERM; clone3 fails with ENOSYS so that glibc falls back to
     clone, whose flags (unlike clone3's, which live in memory) the filter can inspect.
+    The calls of :data:`_SELF_ONLY` work only on the caller (pid 0) or on ``pid`` (the worker's
+    own, baked in: a filter can't ask who is calling; default: this process's pid).  So a thread
+    naming itself by its tid, or a forked child by its pid, is refused too: pid 0 works for both.
     """
     deny = _DENY[arch]
+    pid = os.getpid() if pid is None else pid
+    self_only = _SELF_ONLY[arch]
     prog = [
         _ins(_BPF_LD_W_ABS, 4),  # arch
         _ins(_BPF_JEQ_K, _AUDIT_ARCH[arch], 1, 0),
@@ -888,7 +958,7 @@ def seccomp_program(arch: str = _ARCH, root: bool = False, deny_unix_sockets: bo
         prog += [_ins(_BPF_JGE_K, 0x40000000, 0, 1), _ins(_BPF_RET_K, _RET_ERRNO | errno.EPERM)]
     # Fast paths (each filtered call walks the list; ~60 ns saved per hot call): numbers below
     # every one the filter looks at (read, write, mmap, poll, sched_yield, ...), and futex.
-    checked = [*deny.values(), _CLONE3, _CLONE[arch]]
+    checked = [*deny.values(), *(v[0] for v in self_only.values()), _CLONE3, _CLONE[arch]]
     if root:
         checked += _CHMOD[arch]
     if deny_unix_sockets:
@@ -902,6 +972,8 @@ def seccomp_program(arch: str = _ARCH, root: bool = False, deny_unix_sockets: bo
     if root:
         for nr in _CHMOD[arch]:
             prog += [_ins(_BPF_JEQ_K, nr, 0, 1), _ins(_BPF_RET_K, _RET_ERRNO | 0)]
+    for nr, pid_arg, which, read_ok in sorted(self_only.values()):
+        prog += _self_only(nr, pid_arg, which, read_ok, pid)
     prog += [_ins(_BPF_JEQ_K, _CLONE3, 0, 1), _ins(_BPF_RET_K, _RET_ERRNO | errno.ENOSYS)]
     if deny_unix_sockets:
         prog += [
@@ -929,7 +1001,7 @@ def _apply_seccomp(report: _Report, deny_unix_sockets: bool = False) -> None:
     if _ARCH not in _DENY:
         raise Unavailable(f"no system call table for {_ARCH}")
     root = os.geteuid() == 0
-    code = seccomp_program(root=root, deny_unix_sockets=deny_unix_sockets)
+    code = seccomp_program(root=root, deny_unix_sockets=deny_unix_sockets, pid=os.getpid())
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     if (
@@ -941,7 +1013,8 @@ def _apply_seccomp(report: _Report, deny_unix_sockets: bool = False) -> None:
         "seccomp",
         f"{len(_DENY[_ARCH]) + 2} system calls denied (ptrace, process_vm_*, mount, unshare/setns, "
         "namespace flags on clone, clone3 -> ENOSYS, bpf, perf_event_open, kexec, modules, keyctl, "
-        "userfaultfd, io_uring, ...)"
+        "userfaultfd, io_uring, ...); rlimits, nice, I/O priority, CPU affinity and scheduling "
+        "only of the worker itself (prlimit64, setpriority, ioprio_set, sched_set*)"
         + ("; chmod is a no-op (uid 0 owns the system's files)" if root else "")
         + ("; no new unix sockets (socketpair only)" if deny_unix_sockets else ""),
     )
