@@ -54,7 +54,9 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def pk(programs: dict[str, Path]) -> Iterator[Kernel]:
-    km, kc = start_kernel()
+    # The programs lie in the notebook's folder, as a user keeps them (the host's /tmp, where
+    # pytest's tmp_path lives, is not in a worker's view).
+    km, kc = start_kernel(cwd=str(programs["model"].parent))
     kernel = Kernel(km, kc)
     kernel.ok(
         "import jax, jax.numpy as jnp\n"
@@ -178,7 +180,8 @@ def test_bad_program_requests(client: JaxClient) -> None:
 
 def test_size_limits(programs: dict[str, Path]) -> None:
     km, kc = start_kernel(
-        extra_arguments=["--JaxKernel.max_program_bytes=200", "--JaxKernel.jax_reply_limit=5000"]
+        extra_arguments=["--JaxKernel.max_program_bytes=200", "--JaxKernel.jax_reply_limit=5000"],
+        cwd=str(programs["model"].parent),
     )
     try:
         jc = JaxClient(kc, timeout=60)
