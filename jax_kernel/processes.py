@@ -47,6 +47,7 @@ from traitlets.config import Config, LoggingConfigurable
 from . import wire
 from .budget import OutputBudget
 from .importpath import python_module_command
+from .netns import NetworkError, PrivateNetwork
 from .process import WireReader, describe_exit
 from .sandbox_audit import audit
 
@@ -264,6 +265,7 @@ class WorkerSet:
         self._diag = ""  # the launcher's output, read once the set has ended
         self._closed = threading.Event()
         self._key = secrets.token_bytes(32)
+        self._network: PrivateNetwork | None = None  # under a policy without network (see _setup)
         self._dir = self._make_dir()
         self._listener = socket.create_server((options.listen_ip, 0))
         self._listener.setblocking(False)
@@ -407,13 +409,15 @@ class WorkerSet:
             ws = m.sandbox = self._prepare_sandbox()
             policy = dict(ws.policy)
             if policy.get("profile", "off") != "off" and not policy.get("allow_network", True):
-                # Members must reach the coordinator, their peers (gloo: ephemeral ports) and us.
-                policy["allow_network"] = True
-                policy["net_rules"] = {
-                    "bind": [0] + ([first.port] if m is first else []),
-                    "connect": sorted({self.port, first.port}),
-                    "connect_range": list(_ephemeral_ports()),
-                }
+                # Members reach the coordinator and their peers (gloo) in a namespace of their own.
+                try:
+                    policy["join_netns"] = self._private_network(m, here)
+                except NetworkError as e:
+                    self._end(
+                        f"could not be given a network of its own ({e}): under a policy without network "
+                        "a set's processes share a private network namespace on this host, and nothing else"
+                    )
+                    return
             member = {
                 "index": m.index,
                 "count": self.count,
@@ -430,6 +434,14 @@ class WorkerSet:
             if self.lease is not None and m.host == here:
                 config.update(self._leased(local_rank, env))
             self._send(m, {"type": "setup", "id": 0, "config": config, "env": env})
+
+    def _private_network(self, m: Member, here: str) -> str:
+        """The namespace this set's members join (made once per set); NetworkError if it can't be."""
+        if m.host != here:
+            raise NetworkError(f"{m.describe()} runs on another host, outside this host's namespaces")
+        if self._network is None:
+            self._network = PrivateNetwork()
+        return self._network.path
 
     def _device_env(self, local_rank: int) -> dict[str, str]:
         """The i-th process on a host gets the i-th slice of ``devices_per_process`` devices."""
@@ -806,6 +818,8 @@ class WorkerSet:
                 stopped = self._launcher.stop()
                 if inspect.isawaitable(stopped):
                     asyncio.run_coroutine_threadsafe(_awaited(stopped), self._loop).result(30)
+        if self._network is not None:
+            self._network.close()
         try:
             self._loop.call_soon_threadsafe(self._finish, codes)
         except RuntimeError:
@@ -887,13 +901,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _ephemeral_ports() -> tuple[int, int]:
-    """The host's ephemeral port range (where gloo's peers listen)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = (int(x) for x in f.read().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999

@@ -399,20 +399,41 @@ def _fixed_port_server():  # noqa: ANN202 - a socket
 
 
 def test_strict_profile_members_reach_each_other_and_nothing_else(strict_set: Kernel) -> None:
+    # Members share a network namespace of their own: psum works, but neither a TCP port of the
+    # host (another kernel's zmq port: the ephemeral range, where the Landlock rules once let them in)
+    # nor a UDP socket of the host is reachable.
+    import socket
 
     res = strict_set.ok("%sandbox")
-    assert "TCP connect only to ports" in res.stdout
+    assert "the set's own network namespace" in res.stdout
     assert _value(
         strict_set.ok("jax.pmap(lambda x: jax.lax.psum(x, 'i'), axis_name='i')(jnp.ones(2)).tolist()")
     ) == ("[4.0, 4.0]")
-    with _fixed_port_server() as server:  # below the ephemeral range, where gloo's peers listen
-        port = server.getsockname()[1]
-        res = execute(
-            strict_set.kc,
-            f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5)\n"
-            "    print('connected')\nexcept PermissionError as e:\n    print('refused', e.errno)",
+    ports = [strict_set.km.shell_port, strict_set.km.iopub_port]
+    with _fixed_port_server() as server, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(1.0)
+        ports.append(server.getsockname()[1])
+        code = (
+            "import socket\nout = []\n"
+            f"for port in {ports!r}:\n"
+            "    try:\n"
+            "        socket.create_connection(('127.0.0.1', port), timeout=3).close()\n"
+            "        out.append('connected')\n"
+            "    except OSError:\n"
+            "        out.append('refused')\n"
+            "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "try:\n"
+            f"    u.sendto(b'leak', ('127.0.0.1', {udp.getsockname()[1]}))\n"
+            "except OSError:\n"
+            "    pass\n"
+            "print(out)"
         )
-        assert res.stdout == "refused 13\n"
+        res = execute(strict_set.kc, code)
+        assert res.stdout == f"{['refused'] * len(ports)}\n", res.stdout
+        with pytest.raises(OSError):  # a timeout: nothing arrived
+            udp.recvfrom(16)
+    assert _value(strict_set.ok("jax.process_count()")) == "2"
 
 
 def test_a_silent_member_is_detected_and_the_set_replaced(strict_set: Kernel) -> None:

@@ -207,9 +207,10 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
     Not root: a user namespace mapping our own ids comes first (the interpreter keeps working).
     """
     want_net = not policy.get("allow_network", True)
+    join = policy.get("join_netns") if want_net else None  # a set's private network (jax_kernel.netns)
     uid, gid = os.getuid(), os.getgid()
     user = 0 if uid == 0 else CLONE_NEWUSER
-    net = CLONE_NEWNET if want_net else 0
+    net = CLONE_NEWNET if want_net and not join else 0
     mounts = True
     if _libc.unshare(user | CLONE_NEWNS | net) != 0:
         why = _err("unshare(CLONE_NEWNS)")
@@ -227,6 +228,14 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
         _write("/proc/self/gid_map", f"{gid} {gid} 1")
     if net:
         report.active("network", "isolated: a new network namespace with no interfaces up")
+    if join:
+        try:
+            _join_network(join)
+            report.active(
+                "network", "the set's own network namespace: loopback shared by its processes, nothing else"
+            )
+        except (Unavailable, OSError) as e:
+            report.unavailable("network", f"could not join the set's network namespace ({e})")
     masked: list[str] = []
     if not mounts:
         return masked
@@ -380,6 +389,15 @@ def _shared_cache(root: str, folder: str) -> None:
         except (Unavailable, OSError):
             _libc.umount2(root.encode(), MNT_DETACH)
             raise
+    finally:
+        os.close(fd)
+
+
+def _join_network(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise _err("setns(CLONE_NEWNET)")
     finally:
         os.close(fd)
 
