@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -679,16 +680,38 @@ class Sandbox(LoggingConfigurable):
         return None
 
     def _matplotlib_cache(self) -> str | None:
-        """Matplotlib's cache dir, made if missing: read-only, it warns on every import and
-        rebuilds its font cache each time (seconds).  It holds JSON data, never code."""
-        path = os.environ.get("MPLCONFIGDIR") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "matplotlib"
-        )
+        """This kernel's Matplotlib config dir (MPLCONFIGDIR), seeded with the user's font cache.
+
+        Not the shared one: a ``matplotlibrc`` there is read by every kernel's worker and by the
+        user's own Python, and names programs and backends to run, so one notebook's cell could
+        act in another (or outside).  The font list (JSON data, slow to rebuild) is copied in from
+        the user's own config dir, plain files only, and nothing is ever copied back."""
+        private = os.path.join(self.state_dir(), "matplotlib")
+        if os.path.isdir(private):
+            return private
         try:
-            os.makedirs(path, exist_ok=True)
+            os.mkdir(private, 0o700)
         except OSError:
             return None
-        return path
+        shared = os.environ.get("MPLCONFIGDIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "matplotlib"
+        )
+        for pattern in ("fontlist-*.json",):
+            for source in glob.glob(os.path.join(glob.escape(shared), pattern)):
+                try:
+                    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                with os.fdopen(fd, "rb") as f:
+                    if (
+                        not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+                        or os.fstat(f.fileno()).st_size > 16 << 20
+                    ):
+                        continue
+                    data = f.read()
+                with open(os.path.join(private, os.path.basename(source)), "wb") as out:
+                    out.write(data)
+        return private
 
     def _devices(self) -> list[str]:
         if self.accelerators == "none":
@@ -723,8 +746,8 @@ class Sandbox(LoggingConfigurable):
         clean.update(TMPDIR=tmp, TEMP=tmp, TMP=tmp)
         # Tools' own caches go to the worker's temp dir: jedi and parso keep pickles there that
         # the user's editor would load outside any sandbox, and ~/.cache is read-only anyway
-        # (jedi's completions fail when it cannot make its dir).  Matplotlib's font cache is
-        # plain JSON and slow to rebuild, so it stays shared.
+        # (jedi's completions fail when it cannot make its dir).  Matplotlib gets a config dir of
+        # this kernel's, seeded with the user's font cache (see _matplotlib_cache).
         clean["XDG_CACHE_HOME"] = os.path.join(tmp, "cache")
         mpl = self._matplotlib_cache()
         if mpl:

@@ -380,3 +380,37 @@ def test_the_policy_is_not_on_the_workers_command_line(planted: Kernel) -> None:
     for text in ('"sandbox"', '"hidden"', '"writable"', "parent_pid"):
         assert text not in cmdline, cmdline
     assert planted.ok("1 + 1").of("execute_result")
+
+
+def test_a_notebooks_matplotlib_config_reaches_no_other(tmp_path: Path) -> None:
+    # MPLCONFIGDIR was one folder for every kernel: notebook A's matplotlibrc (which can name
+    # programs and backends) was read by notebook B's worker, and by the user's own Python.
+    km_a, kc_a = start_kernel(cwd=str(tmp_path))
+    a = Kernel(km_a, kc_a)
+    shared = os.path.join(os.environ["XDG_CACHE_HOME"], "matplotlib")
+    try:
+        res = a.ok(
+            "import os, matplotlib\n"
+            "mine = matplotlib.get_configdir()\n"
+            "open(os.path.join(mine, 'matplotlibrc'), 'w').write('lines.linewidth: 42\\n')\n"
+            "try:\n"
+            f"    open(os.path.join({shared!r}, 'matplotlibrc'), 'w').write('lines.linewidth: 42\\n')\n"
+            "    shared = 'written'\n"
+            "except OSError:\n"
+            "    shared = 'refused'\n"
+            f"shared, mine != {shared!r}"
+        )
+        assert res.of("execute_result")[0]["data"]["text/plain"] == "('refused', True)"
+        assert not os.path.exists(os.path.join(shared, "matplotlibrc"))
+        km_b, kc_b = start_kernel(cwd=str(tmp_path))
+        try:
+            b = Kernel(km_b, kc_b)
+            res = b.ok("import matplotlib\nmatplotlib.rcParams['lines.linewidth']")
+            assert res.of("execute_result")[0]["data"]["text/plain"] == "1.5"
+        finally:
+            stop_kernel(km_b, kc_b)
+        # A's own config is A's business: its next worker (same kernel) reads it, as Matplotlib would.
+        res = a.ok("import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()")
+        assert res.of("display_data")
+    finally:
+        stop_kernel(km_a, kc_a)
