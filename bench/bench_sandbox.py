@@ -113,6 +113,11 @@ def main() -> None:
         f"Sandbox cost on {platform.node() or 'this host'}: {platform.machine()}, {os.cpu_count()} cores, "
         f"Linux {platform.release()}, uid {os.geteuid()}, {'quick' if args.quick else 'full'} run"
     )
+    if sys.flags.dont_write_bytecode:
+        print(
+            "\nNote: PYTHONDONTWRITEBYTECODE is set, so each worker compiles the sandbox module from source "
+            "(about 20 ms here) and the worker side reads high; an installed package has its bytecode."
+        )
     print()
     print("| Measure | Value | Target |")
     print("|---|---|---|")

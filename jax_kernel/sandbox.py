@@ -507,6 +507,7 @@ class Sandbox(LoggingConfigurable):
         self._ids = itertools.count(1)
         self._warned = False
         self.last_report: dict[str, Any] | None = None
+        self._runtime_in_tmp: set[str] | None = None
         self._live: set[WorkerSandbox] = set()
         atexit.register(self._release_all)
 
@@ -633,34 +634,35 @@ class Sandbox(LoggingConfigurable):
                 found.add(real)
         return sorted(found)
 
-    @staticmethod
-    def _kept_in_tmp(paths: Sequence[str]) -> list[str]:
+    def _kept_in_tmp(self, paths: Sequence[str]) -> list[str]:
         """What of the host's /tmp a worker with a private /tmp still needs, at the same paths:
         ``paths`` (its writable folders and state dir) and whatever it runs or reads its config
         from (an interpreter, a checkout or a home under /tmp); the rest of /tmp is not there."""
-        import site
-        import sysconfig
-
-        from jupyter_core.paths import jupyter_config_path, jupyter_path
-
-        needed = {
-            *paths,
-            sys.prefix,
-            sys.exec_prefix,
-            sys.base_prefix,
-            os.path.dirname(os.path.dirname(__file__)),
-        }
-        needed.update(sysconfig.get_paths().values())
-        needed.update(getattr(site, "getsitepackages", list)())
-        needed.update(p for p in sys.path if os.path.isabs(p))
-        needed.update(jupyter_config_path() + jupyter_path())
-        needed.add(os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython"))
-        needed.add(os.path.expanduser("~"))
         tmp = os.path.realpath("/tmp")
+        if self._runtime_in_tmp is None:  # the interpreter's paths do not change: once per kernel
+            import site
+            import sysconfig
+
+            from jupyter_core.paths import jupyter_config_path, jupyter_path
+
+            needed = {
+                sys.prefix,
+                sys.exec_prefix,
+                sys.base_prefix,
+                os.path.dirname(os.path.dirname(__file__)),
+            }
+            needed.update(sysconfig.get_paths().values())
+            needed.update(getattr(site, "getsitepackages", list)())
+            needed.update(p for p in sys.path if os.path.isabs(p))
+            needed.update(jupyter_config_path() + jupyter_path())
+            needed.add(os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython"))
+            needed.add(os.path.expanduser("~"))
+            self._runtime_in_tmp = {
+                real for real in {os.path.realpath(p) for p in needed if p} if real.startswith(tmp + "/")
+            }
+        kept = self._runtime_in_tmp | {os.path.realpath(p) for p in paths if p}
         return sorted(
-            real
-            for real in {os.path.realpath(p) for p in needed if p}
-            if real != tmp and real.startswith(tmp + "/") and os.path.exists(real)
+            real for real in kept if real != tmp and real.startswith(tmp + "/") and os.path.exists(real)
         )
 
     def refuse_device(self, platform: str, index: int | None = None) -> str | None:
