@@ -828,7 +828,7 @@ class WorkerSet:
     def _finish(self, codes: dict[int, int]) -> None:
         lost = self._unexplained
         if lost is not None and self.kill_reason is None:
-            code = codes.get(lost.pid)
+            code = codes.get(lost.pid, self._launcher_exit_code(lost.pid))
             how = "closed its connection (it exited)" if code is None else describe_exit(int(code))
             self.kill_reason = self._lost_reason(lost, how)
         for m in self.members:
@@ -842,6 +842,16 @@ class WorkerSet:
         if not self.ready.done() and self.kill_reason is None:
             self.kill_reason = "stopped before it was ready"
         self._on_exit(self, None)
+
+    def _launcher_exit_code(self, pid: int) -> int | None:
+        """A member's exit status as the launcher saw it: ipyparallel's process launchers wait for
+        their process on a thread of their own, and whichever waits first gets the status."""
+        launchers = (getattr(self._launcher, "launchers", {}) or {}).values() if self._launcher else ()
+        for el in launchers:
+            data = getattr(el, "stop_data", None)
+            if isinstance(data, dict) and data.get("pid") == pid and data.get("exit_code") is not None:
+                return int(data["exit_code"])
+        return None
 
     def _read_output(self) -> str:
         try:
