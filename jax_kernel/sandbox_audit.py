@@ -24,6 +24,9 @@ import functools
 import os
 from typing import Any
 
+#: Architectures the worker's seccomp filter has system call tables for (worker/sandbox.py's _DENY):
+#: elsewhere a worker reports seccomp unavailable, truthfully, and is not held to it.
+SECCOMP_ARCHES = ("x86_64", "aarch64")
 #: Capability sets in /proc/<pid>/status that must be empty (CapBnd only as root: see below).
 CAP_FIELDS = ("CapEff", "CapPrm", "CapInh", "CapAmb")
 
@@ -40,7 +43,11 @@ def host_offers() -> frozenset[str]:
     offered = {"capabilities"}
     if "NoNewPrivs" in own:
         offered.add("no_new_privs")
-    if "Seccomp" in own and os.path.exists("/proc/sys/kernel/seccomp/actions_avail"):
+    if (
+        "Seccomp" in own
+        and os.path.exists("/proc/sys/kernel/seccomp/actions_avail")
+        and os.uname().machine in SECCOMP_ARCHES
+    ):
         offered.add("seccomp")
     return frozenset(offered)
 
