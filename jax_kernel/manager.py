@@ -259,6 +259,8 @@ class WorkerManager(LoggingConfigurable):
 
         pin()
         worker.ready.add_done_callback(pin)
+        if worker.sandbox is not None and not worker.sandbox.restrict_cpus(cores):
+            self.log.debug("No cpuset for worker %s: its lease is kept by pinning alone", worker.pid)
 
     def _lease_for_set(self, platform: str, count: int) -> Lease | None:
         """Lease ``count`` devices (cores on a CPU host) for a set's members on this host, when the

@@ -277,7 +277,23 @@ class Cgroup:
                 time.sleep(0.1)
 
 
-def _make_cgroup(controller: str, name: str, settings: dict[str, int]) -> Cgroup:
+def _parent_cpuset() -> tuple[str, str] | None:
+    """This kernel's cpuset (v1): (cpus, mems) to start a worker's with, None where there is none."""
+    own = _own_cgroups().get("cpuset")
+    if own is None:
+        return None
+    base = f"/sys/fs/cgroup/cpuset{own}"
+    try:
+        with open(os.path.join(base, "cpuset.cpus")) as f:
+            cpus = f.read().strip()
+        with open(os.path.join(base, "cpuset.mems")) as f:
+            mems = f.read().strip()
+    except OSError:
+        return None
+    return (cpus, mems) if cpus and mems else None
+
+
+def _make_cgroup(controller: str, name: str, settings: dict[str, int | str]) -> Cgroup:
     """Make a child of our own cgroup for ``controller`` (v1, else v2); OSError if we can't."""
     own = _own_cgroups()
     candidates = []
@@ -325,6 +341,19 @@ class WorkerSandbox:
     policy: dict[str, Any]
     cgroups: dict[str, Cgroup] = field(default_factory=dict)
     report: dict[str, Any] | None = None
+
+    def restrict_cpus(self, cores: list[int]) -> bool:
+        """Narrow the worker's cpuset to its leased cores: Linux then keeps every affinity it sets
+        (its own, its threads', its children's) inside them.  False where it has no cpuset."""
+        cg = self.cgroups.get("cpuset")
+        if cg is None:
+            return False
+        try:
+            with open(os.path.join(cg.path, "cpuset.cpus"), "w") as f:
+                f.write(",".join(str(c) for c in cores))
+        except OSError:
+            return False
+        return True
 
     def release(self, wait: bool = False) -> None:
         """Kill leftovers and remove the cgroups (in a thread unless ``wait``: it may wait for exits)."""
@@ -845,6 +874,9 @@ class Sandbox(LoggingConfigurable):
             wanted["memory"] = {"memory.limit_in_bytes": memory}
         if self.max_processes:
             wanted["pids"] = {"pids.max": self.max_processes}
+        parent_cpuset = _parent_cpuset()
+        if parent_cpuset is not None:  # every core of ours for now; a lease narrows it (restrict_cpus)
+            wanted["cpuset"] = {"cpuset.cpus": parent_cpuset[0], "cpuset.mems": parent_cpuset[1]}
         cgroups: dict[str, str] = {}
         for controller, settings in wanted.items():
             if os.geteuid() != 0 and not os.access("/sys/fs/cgroup", os.W_OK):

@@ -9,6 +9,7 @@ outside any sandbox, reads the target's state back.
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import json
 import os
@@ -203,5 +204,33 @@ def test_leased_set_members_have_every_thread_on_their_cores(tmp_path: Any) -> N
         for got in lines:
             assert len(got["masks"]) == 1 and len(got["cores"]) == 1, got
         assert lines[0]["cores"] != lines[1]["cores"], lines
+    finally:
+        stop_kernel(km, kc)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to lease one")
+def test_a_leased_worker_cannot_widen_its_own_cores(tmp_path: Any) -> None:
+    """sched_setaffinity on itself is allowed (seccomp), but its cpuset keeps it inside the lease."""
+    km, kc = start_kernel(["--Accelerators.devices=auto", f"--Accelerators.lease_dir={tmp_path}"])
+    k = Kernel(km, kc)
+    try:
+        need(k, "seccomp")
+        code = (
+            "import os, threading\n"
+            "leased = sorted(os.sched_getaffinity(0))\n"
+            "try:\n"
+            "    os.sched_setaffinity(0, range(os.cpu_count()))\n"
+            "except OSError:\n"
+            "    pass\n"
+            "seen = []\n"
+            "t = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))\n"
+            "t.start(); t.join()\n"
+            "(leased, sorted(os.sched_getaffinity(0)), seen[0], len(leased) < os.cpu_count())"
+        )
+        leased, after, thread, narrower = ast.literal_eval(
+            k.ok(code).of("execute_result")[0]["data"]["text/plain"]
+        )
+        assert narrower and after == leased and thread == leased, (leased, after, thread)
+        assert k.ok("1 + 1").of("execute_result")
     finally:
         stop_kernel(km, kc)
