@@ -433,6 +433,8 @@ class WorkerSet:
             env = {**self._env, **self._device_env(local_rank)}
             if self.lease is not None and m.host == here:
                 config.update(self._leased(local_rank, env))
+                if config.get("cpu_affinity"):  # its cpuset keeps every affinity it sets inside them
+                    ws.restrict_cpus(config["cpu_affinity"])
             self._send(m, {"type": "setup", "id": 0, "config": config, "env": env})
 
     def _private_network(self, m: Member, here: str) -> str:
@@ -845,10 +847,17 @@ class WorkerSet:
 
     def _launcher_exit_code(self, pid: int) -> int | None:
         """A member's exit status as the launcher saw it: ipyparallel's process launchers wait for
-        their process on a thread of their own, and whichever waits first gets the status."""
-        launchers = (getattr(self._launcher, "launchers", {}) or {}).values() if self._launcher else ()
-        for el in launchers:
-            data = getattr(el, "stop_data", None)
+        their process on a thread of their own, and whichever waits first gets the status.  A
+        stopped engine's launcher leaves the set launcher's ``launchers`` and its stop data goes to
+        the set launcher's ``stop_data["engines"]``."""
+        launcher = self._launcher
+        if launcher is None:
+            return None
+        seen = [getattr(el, "stop_data", None) for el in (getattr(launcher, "launchers", {}) or {}).values()]
+        stop_data = getattr(launcher, "stop_data", None)
+        if isinstance(stop_data, dict) and isinstance(stop_data.get("engines"), dict):
+            seen += list(stop_data["engines"].values())
+        for data in seen:
             if isinstance(data, dict) and data.get("pid") == pid and data.get("exit_code") is not None:
                 return int(data["exit_code"])
         return None
