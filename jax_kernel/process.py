@@ -136,13 +136,13 @@ class WireReader:
         self._on_error = on_error
         self._fd = conn.fileno()
         self.closed = False
+        self._held: dict[str, Any] | None = None  # stream frames read in a row this turn, joined
         #: When the last message other than a heartbeat was read (time.monotonic()), 0.0 before the first.
         self.last_frame_at = 0.0
         loop.add_reader(self._fd, self.turn)
 
     def turn(self) -> None:
         """Handle the frames that are complete, at most FRAMES_PER_TURN of them."""
-        stream: dict[str, Any] | None = None  # stream frames read in a row, joined
         try:
             for _ in range(FRAMES_PER_TURN):
                 if self.closed:
@@ -153,33 +153,36 @@ class WireReader:
                         return
                     wire.validate_worker_message(msg)
                 except (EOFError, OSError, wire.WireError) as e:
-                    if stream is not None:
-                        stream, pending = None, stream
-                        self._on_message(pending)
+                    self._release_stream()
                     self._on_error(e)
                     continue
                 if msg["type"] != "heartbeat":  # a set member's heartbeat thread runs whatever the cell does
                     self.last_frame_at = time.monotonic()
                 if msg["type"] == "stream":
-                    if stream is not None and stream["name"] == msg["name"]:
-                        if len(stream["text"]) + len(msg["text"]) <= wire.STREAM_CHUNK:
-                            stream["text"] += msg["text"]
-                            continue
-                    if stream is not None:
-                        self._on_message(stream)
-                    stream = msg
+                    self._hold_stream(msg)
                     continue
-                if stream is not None:
-                    stream, pending = None, stream
-                    self._on_message(pending)
-                    if self.closed:
-                        return
-                self._on_message(msg)
+                self._release_stream()
+                if not self.closed:
+                    self._on_message(msg)
             if not self.closed:
                 self._loop.call_soon(self.turn)  # bytes may wait in the buffer: see the class docstring
         finally:
-            if stream is not None:
-                self._on_message(stream)
+            self._release_stream()
+
+    def _hold_stream(self, msg: dict[str, Any]) -> None:
+        """Join ``msg`` to the stream text held back in this turn, or hold it instead of that."""
+        held = self._held
+        if held is not None and held["name"] == msg["name"]:
+            if len(held["text"]) + len(msg["text"]) <= wire.STREAM_CHUNK:
+                held["text"] += msg["text"]
+                return
+        self._release_stream()
+        self._held = msg
+
+    def _release_stream(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._on_message(held)
 
     def pending(self) -> bool:
         """Whether frames have arrived that were not handled yet (buffered, or still in the socket)."""
