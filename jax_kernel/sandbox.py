@@ -536,7 +536,7 @@ class Sandbox(LoggingConfigurable):
         self._ids = itertools.count(1)
         self._warned = False
         self.last_report: dict[str, Any] | None = None
-        self._runtime_in_tmp: set[str] | None = None
+        self._runtime: frozenset[str] | None = None
         self._live: set[WorkerSandbox] = set()
         atexit.register(self._release_all)
 
@@ -630,22 +630,7 @@ class Sandbox(LoggingConfigurable):
         config and data (``jax_kernel_config.py``, ``kernel.json``), and with
         ``protect_dotfiles`` every dot-entry at the top of a writable folder (``~/.bashrc``,
         ``.git`` hooks, ``~/.local``)."""
-        import site
-        import sysconfig
-
-        from jupyter_core.paths import jupyter_config_path, jupyter_data_dir, jupyter_path
-
-        candidates = {
-            sys.prefix,
-            sys.exec_prefix,
-            sys.base_prefix,
-            os.path.dirname(os.path.dirname(__file__)),
-        }
-        candidates.update(sysconfig.get_paths().values())
-        candidates.update(getattr(site, "getsitepackages", list)())
-        candidates.add(site.getusersitepackages())
-        candidates.update(jupyter_config_path() + jupyter_path() + [jupyter_data_dir()])
-        candidates.add(os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython"))
+        candidates = set(self._runtime_paths())
         state_real = os.path.realpath(state)
         roots = [os.path.realpath(w) for w in writable if not os.path.realpath(w).startswith(state_real)]
         if self.protect_dotfiles:
@@ -663,36 +648,38 @@ class Sandbox(LoggingConfigurable):
                 found.add(real)
         return sorted(found)
 
+    def _runtime_paths(self) -> frozenset[str]:
+        """Where the worker's code and config come from: the interpreter and its site-packages,
+        this package, Jupyter's and IPython's config and data dirs.  They do not change while the
+        kernel runs, so they are worked out once."""
+        if self._runtime is None:
+            import site
+            import sysconfig
+
+            from jupyter_core.paths import jupyter_config_path, jupyter_data_dir, jupyter_path
+
+            paths = {sys.prefix, sys.exec_prefix, sys.base_prefix, os.path.dirname(os.path.dirname(__file__))}
+            paths.update(sysconfig.get_paths().values())
+            paths.update(getattr(site, "getsitepackages", list)())
+            paths.add(site.getusersitepackages())
+            paths.update(jupyter_config_path() + jupyter_path() + [jupyter_data_dir()])
+            paths.add(os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython"))
+            self._runtime = frozenset(paths)
+        return self._runtime
+
     def _kept_in_tmp(self, paths: Sequence[str]) -> list[str]:
         """What of the host's /tmp a worker with a private /tmp still needs, at the same paths:
         ``paths`` (its writable folders and state dir) and whatever it runs or reads its config
         from (an interpreter, a checkout or a home under /tmp); the rest of /tmp is not there."""
         tmp = os.path.realpath("/tmp")
-        if self._runtime_in_tmp is None:  # the interpreter's paths do not change: once per kernel
-            import site
-            import sysconfig
-
-            from jupyter_core.paths import jupyter_config_path, jupyter_path
-
-            needed = {
-                sys.prefix,
-                sys.exec_prefix,
-                sys.base_prefix,
-                os.path.dirname(os.path.dirname(__file__)),
-            }
-            needed.update(sysconfig.get_paths().values())
-            needed.update(getattr(site, "getsitepackages", list)())
-            needed.update(p for p in sys.path if os.path.isabs(p))
-            needed.update(jupyter_config_path() + jupyter_path())
-            needed.add(os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython"))
-            needed.add(os.path.expanduser("~"))
-            self._runtime_in_tmp = {
-                real for real in {os.path.realpath(p) for p in needed if p} if real.startswith(tmp + "/")
-            }
-        kept = self._runtime_in_tmp | {os.path.realpath(p) for p in paths if p}
-        return sorted(
-            real for real in kept if real != tmp and real.startswith(tmp + "/") and os.path.exists(real)
-        )
+        needed = {
+            *self._runtime_paths(),
+            *(p for p in sys.path if os.path.isabs(p)),
+            os.path.expanduser("~"),
+            *paths,
+        }
+        kept = {os.path.realpath(p) for p in needed if p}
+        return sorted(real for real in kept if real.startswith(tmp + "/") and os.path.exists(real))
 
     def refuse_device(self, platform: str, index: int | None = None) -> str | None:
         """Why a request for an accelerator (``jax_load_request``, a magic) is refused, or None.
@@ -727,21 +714,18 @@ class Sandbox(LoggingConfigurable):
         shared = os.environ.get("MPLCONFIGDIR") or os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "matplotlib"
         )
-        for pattern in ("fontlist-*.json",):
-            for source in glob.glob(os.path.join(glob.escape(shared), pattern)):
-                try:
-                    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                except OSError:
+        for source in glob.glob(os.path.join(glob.escape(shared), "fontlist-*.json")):
+            try:
+                fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size > 16 << 20:
                     continue
-                with os.fdopen(fd, "rb") as f:
-                    if (
-                        not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-                        or os.fstat(f.fileno()).st_size > 16 << 20
-                    ):
-                        continue
-                    data = f.read()
-                with open(os.path.join(private, os.path.basename(source)), "wb") as out:
-                    out.write(data)
+                data = f.read()
+            with open(os.path.join(private, os.path.basename(source)), "wb") as out:
+                out.write(data)
         return private
 
     def _devices(self) -> list[str]:
