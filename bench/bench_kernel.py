@@ -343,6 +343,13 @@ class Row:
     n: str
 
 
+def versus(
+    what: str, jax: Sequence[float], ref: Sequence[float], ref_label: str = PY, target: float | None = None
+) -> Row:
+    """One jax-kernel measurement against its reference from the same run."""
+    return Row(what, spread(jax), f"{ref_label}: {spread(ref)}", ratio(jax, ref, target), str(len(jax)))
+
+
 # measurements ---------------------------------------------------------------------------------
 def started(name: str) -> Kernel:
     """A kernel that has already run a cell, so later timings exclude its start-up."""
@@ -597,15 +604,7 @@ def build_rows(
     rows = []
     for code in ("pass", "1"):
         a, b = rt.get(code, {}).get(JAX, []), rt.get(code, {}).get(PY, [])
-        rows.append(
-            Row(
-                f"Trivial cell `{code}`: execute_request → reply + idle",
-                spread(a),
-                f"python3: {spread(b)}",
-                ratio(a, b, 1.10),
-                str(len(a)),
-            )
-        )
+        rows.append(versus(f"Trivial cell `{code}`: execute_request → reply + idle", a, b, target=1.10))
     rows += [
         Row(
             "`start_kernel()` → kernel_info answered (shell + IOPub)",
@@ -690,15 +689,7 @@ def build_rows(
         ("logging", "3,000 `logging` records to stdout"),
     ):
         a, b = floods.get(key, {}).get(JAX, []), floods.get(key, {}).get(PY, [])
-        rows.append(
-            Row(
-                f"Cell printing {what} → reply + idle",
-                spread(a),
-                f"python3: {spread(b)}",
-                ratio(a, b, 1.20),
-                str(len(a)),
-            )
-        )
+        rows.append(versus(f"Cell printing {what} → reply + idle", a, b, target=1.20))
     return rows
 
 

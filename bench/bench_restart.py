@@ -41,6 +41,7 @@ from bench_kernel import (
     report,
     rounds_from_argv,
     spread,
+    versus,
 )
 
 JNP_CELL = "import jax.numpy as jnp; jnp.ones(3).sum()"
@@ -182,13 +183,7 @@ def rows(r: dict[str, list[float]]) -> list[Row]:
 
     def compare(what: str, mine: str, ref: str, ref_label: str, target: float | None = None) -> Row:
         """One jax-kernel figure against a stock-kernel one from the same run."""
-        return Row(
-            what,
-            spread(g(mine)),
-            f"{ref_label}: {spread(g(ref))}",
-            ratio(g(mine), g(ref), target),
-            str(len(g(mine))),
-        )
+        return versus(what, g(mine), g(ref), ref_label, target)
 
     stock_restart = "restart:python3"
     return [
