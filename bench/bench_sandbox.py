@@ -1,4 +1,4 @@
-"""What the sandbox costs: set-up per worker start, and jitted throughput with it on vs off.
+"""What the sandbox costs: set-up per worker start, jitted throughput and downloads, on vs off.
 
     python bench/bench_sandbox.py            # full run, prints a Markdown table
     python bench/bench_sandbox.py --quick    # fewer repetitions
@@ -9,6 +9,11 @@ making the worker's cgroups, where it can) and the worker applying it in a fresh
 Throughput runs the same jitted workload in fresh interpreters with the standard profile
 applied and with it off, interleaved round by round so that drift on a shared machine hits
 both alike; the table gives medians.  Targets (issue 4): set-up < 50 ms, ratio >= 0.98.
+
+Downloads (issue 14): the same HTTP download of a file from a test host the bench makes itself
+(tests/testhost.py: its own network namespace and a veth pair; no other address is a target),
+in a fresh interpreter with the standard policy applied (so through the kernel's user-mode
+egress, slirp4netns) and with it off, interleaved; the egress itself is made once per kernel.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from testhost import TestHost, unavailable  # noqa: E402
 
 from jax_kernel.sandbox import Sandbox  # noqa: E402
 
@@ -57,6 +66,15 @@ wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 print(json.dumps({"steps_per_s": n / wall, "steps_per_cpu_s": n / cpu}))
 """
 
+DOWNLOAD = """
+import json, sys, time, urllib.request
+from jax_kernel.worker import sandbox
+sandbox.apply(json.loads(sys.argv[1]))
+t0 = time.perf_counter()
+n = len(urllib.request.urlopen(sys.argv[2], timeout=60).read())
+print(json.dumps({"mb_per_s": n / (time.perf_counter() - t0) / 1e6, "bytes": n}))
+"""
+
 
 def run(code: str, policy: dict, *args: str) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -79,6 +97,9 @@ def main() -> None:
     seconds = "1.5" if args.quick else "3"
 
     sandbox = Sandbox(profile="standard")
+    t0 = time.perf_counter()
+    egress = sandbox.user_mode_egress()  # once per kernel, not per worker start
+    egress_ms = (time.perf_counter() - t0) * 1e3
     prepare_ms, apply_ms, unavailable = [], [], {}
     for _ in range(starts):
         t0 = time.perf_counter()
@@ -97,6 +118,8 @@ def main() -> None:
         for results, policy in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
             results.append(run(WORKLOAD, policy, seconds))
         ws.release(wait=True)
+
+    downloads = download_rounds(sandbox, 3 if args.quick else 7) if egress is not None else None
 
     def ms(xs: list[float]) -> str:
         xs = sorted(xs)
@@ -136,9 +159,56 @@ def main() -> None:
     print(
         f"| Throughput ratio on/off, per CPU second (less sensitive to a busy machine) | {cpu_ratio:.3f} | >= 0.98 |"
     )
+    if egress is None:
+        print(f"| User-mode egress | unavailable: {sandbox._egress_error} | |")
+    else:
+        print(f"| User-mode egress set-up, once per kernel (ms) | {egress_ms:.0f} | |")
+    if isinstance(downloads, str):
+        print(f"| Download through user-mode egress | not measured: {downloads} | |")
+    elif downloads is not None:
+        d_on, d_off, size = downloads
+        print(
+            f"| Download of {size / 2**20:.0f} MiB from a test host, MB/s, egress / outside (median of "
+            f"{len(d_on)}) | {statistics.median(d_on):.0f} / {statistics.median(d_off):.0f} | |"
+        )
+        print(
+            f"| Download ratio egress/outside | {statistics.median(d_on) / statistics.median(d_off):.2f} | |"
+        )
     if unavailable:
         print()
         print("Unavailable here: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+
+
+def download_rounds(sandbox: Sandbox, rounds: int) -> tuple[list[float], list[float], int] | str:
+    """MB/s of one download through the egress and from outside, interleaved (or why not)."""
+    import tempfile
+    from pathlib import Path
+
+    why = unavailable()
+    if why:
+        return why
+    folder = Path(tempfile.mkdtemp(prefix="jax-kernel-bench-host-"))
+    size = 64 * 2**20
+    (folder / "blob").write_bytes(os.urandom(size))
+    host = TestHost(folder)
+    try:
+        url = host.url + "blob"
+        on: list[float] = []
+        off: list[float] = []
+        for i in range(rounds):
+            ws = sandbox.prepare_worker()
+            order = [(on, ws.policy), (off, {"profile": "off"})]
+            for results, policy in order if i % 2 == 0 else order[::-1]:
+                got = run(DOWNLOAD, policy, url)
+                assert got["bytes"] == size, got
+                results.append(got["mb_per_s"])
+            ws.release(wait=True)
+        return on, off, size
+    finally:
+        host.close()
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -407,17 +407,24 @@ class WorkerSet:
             local_rank = per_host.get(m.host, 0)
             per_host[m.host] = local_rank + 1
             ws = m.sandbox = self._prepare_sandbox()
-            policy = dict(ws.policy)
-            if policy.get("profile", "off") != "off" and not policy.get("allow_network", True):
-                # Members reach the coordinator and their peers (gloo) in a namespace of their own.
+            if ws.policy.get("join_netns") and local < len(self.members):
+                # User-mode egress is NAT: members on other hosts could not reach the ones here.
+                del ws.policy["join_netns"]
+                ws.policy["egress"] = {
+                    "unavailable": "the host's network, loopback included: the set has members on other hosts"
+                }
+            if ws.policy.get("profile", "off") != "off" and not ws.policy.get("allow_network", True):
+                # Members reach the coordinator and their peers (gloo) in a namespace of their own
+                # (set on the policy itself: the audit checks that each member is in it).
                 try:
-                    policy["join_netns"] = self._private_network(m, here)
+                    ws.policy["join_netns"] = self._private_network(m, here)
                 except NetworkError as e:
                     self._end(
                         f"could not be given a network of its own ({e}): under a policy without network "
                         "a set's processes share a private network namespace on this host, and nothing else"
                     )
                     return
+            policy = dict(ws.policy)
             member = {
                 "index": m.index,
                 "count": self.count,

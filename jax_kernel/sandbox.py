@@ -34,6 +34,7 @@ from typing import Any
 from traitlets import Bool, Enum, Float, Integer, List, Unicode, Union, default, validate
 from traitlets.config import LoggingConfigurable
 
+from .netns import Egress, NetworkError
 from .worker.sandbox import EXIT_STRICT
 
 #: Environment variables the worker never sees (fnmatch patterns, case-insensitive).
@@ -418,6 +419,32 @@ class Sandbox(LoggingConfigurable):
         "(a new network namespace: nothing reachable, not even loopback).",
     ).tag(config=True)
 
+    egress = Enum(
+        ["user-mode", "host"],
+        "user-mode",
+        help="How workers reach the network when it is allowed. user-mode: a network namespace of "
+        "the kernel's own with slirp4netns (the internet, not the host's loopback: other kernels' "
+        "ports, the Jupyter server, local services; those named in host_ports are forwarded). "
+        "host: the host's network, loopback included. Where user-mode can't be had (no slirp4netns, "
+        "no network namespaces) the worker shares the host's network and %sandbox says so.",
+    ).tag(config=True)
+
+    host_ports = List(
+        Integer(),
+        help="TCP ports of services on the host's loopback that cells may reach under user-mode "
+        "egress (a local database, MLflow, a model server), at 127.0.0.1:PORT as outside. The "
+        "kernel forwards each; no other host port is reachable.",
+    ).tag(config=True)
+
+    @validate("host_ports")
+    def _valid_ports(self, proposal: Any) -> list[int]:
+        bad = [p for p in proposal["value"] if not 0 < p < 65536]
+        if bad:
+            from traitlets import TraitError
+
+            raise TraitError(f"Sandbox.host_ports: {bad[0]} is not a TCP port (1-65535)")
+        return list(proposal["value"])
+
     writable_paths = List(
         Unicode(),
         help="Extra paths the worker may write, beyond the kernel's working directory, its private "
@@ -538,11 +565,16 @@ class Sandbox(LoggingConfigurable):
         self.last_report: dict[str, Any] | None = None
         self._runtime: frozenset[str] | None = None
         self._live: set[WorkerSandbox] = set()
+        self._egress: Egress | None = None
+        self._egress_error: str | None = None
         atexit.register(self._release_all)
 
     def _release_all(self) -> None:
         for ws in list(self._live):
             ws.release(wait=True)
+        if self._egress is not None:
+            self._egress.close()
+            self._egress = None
 
     def protect_kernel(self) -> None:
         """Make the kernel process non-dumpable: a same-uid process then can't read its memory,
@@ -846,6 +878,7 @@ class Sandbox(LoggingConfigurable):
         if shared_cache is not None:
             root, folder = (os.path.realpath(p) for p in shared_cache)
             policy["fs"]["shared_cache"] = {"root": root, "folder": folder}
+        self._network_policy(policy, state)
         if self.private_tmp:
             policy["fs"]["private_tmp"] = {
                 "dir": os.path.join(state, "root-tmp"),
@@ -876,6 +909,45 @@ class Sandbox(LoggingConfigurable):
         if ws.cgroups:
             self._live.add(ws)
         return ws
+
+    def _network_policy(self, policy: dict[str, Any], state: str) -> None:
+        """Where the worker's network comes from: user-mode egress, or the host's (and why)."""
+        if not self.network_allowed:
+            return  # the worker makes an empty namespace of its own (a set: jax_kernel.netns)
+        if self.egress == "host":
+            policy["egress"] = {
+                "unavailable": "the host's network, loopback included (Sandbox.egress = 'host')"
+            }
+            return
+        egress = self.user_mode_egress()
+        if egress is None:
+            policy["egress"] = {
+                "unavailable": f"the host's network, loopback included: no user-mode egress ({self._egress_error})"
+            }
+            return
+        policy["join_netns"] = egress.path
+        policy["egress"] = {"describe": egress.describe()}
+        if egress.resolv_conf is not None:
+            path = os.path.join(state, "resolv.conf")
+            with open(path, "w") as f:
+                f.write(egress.resolv_conf)
+            policy["fs"]["resolv_conf"] = path
+
+    def user_mode_egress(self) -> Egress | None:
+        """This kernel's egress namespace, made on first use (None if it can't be: see the log)."""
+        if self._egress is not None and not self._egress.alive():
+            self.log.warning("The workers' user-mode egress stopped; making a new one")
+            self._egress.close()
+            self._egress = None
+        if self._egress is None and self._egress_error is None:
+            try:
+                self._egress = Egress(self.host_ports)
+            except (NetworkError, OSError) as e:
+                self._egress_error = str(e)
+                self.log.warning("No user-mode egress for the workers: %s", e)
+            else:
+                self.log.debug("User-mode egress up in %.0f ms", self._egress.setup_seconds * 1000)
+        return self._egress
 
     def worker_exited(self, ws: WorkerSandbox | None) -> None:
         """The worker is gone: kill what it left behind and remove its cgroups."""
@@ -931,6 +1003,8 @@ class Sandbox(LoggingConfigurable):
         info: dict[str, Any] = {
             "profile": self.profile,
             "allow_network": self.network_allowed,
+            "egress": self.egress if self.network_allowed else None,
+            "host_ports": list(self.host_ports),
             "memory_limit": parse_size(self.memory_limit, "memory_limit") if self.enabled else 0,
             "max_processes": self.max_processes,
             "max_open_files": self.max_open_files,

@@ -10,8 +10,9 @@ What is checked, for the process and every thread of it:
 
 - ``NoNewPrivs: 1`` and ``Seccomp: 2`` (a filter), wherever this host offers them;
 - no capabilities left (effective, permitted, inheritable, ambient and, as root, bounding);
-- its own network namespace when the policy denies the network, its own mount namespace when the
-  report says hidden paths are masked by one;
+- the network namespace the kernel made for it (a set's private network, user-mode egress), or
+  its own when the policy denies the network; its own mount namespace when the report says
+  hidden paths are masked by one;
 - membership of each cgroup the kernel made for it.
 
 Landlock leaves no trace in ``/proc``: the file system rules are the one part taken on the
@@ -84,7 +85,11 @@ def audit(pid: int, policy: dict[str, Any], report: Any, offered: frozenset[str]
     caps = CAP_FIELDS + (("CapBnd",) if os.geteuid() == 0 else ())
     for field in caps:
         each_thread(field, lambda v: int(v or "0", 16) == 0, f"an empty {field} capability set")
-    if not policy.get("allow_network", True) and (strict or "network" in claimed):
+    join = policy.get("join_netns")
+    if join:  # made by the kernel (a set's private network, user-mode egress): always required
+        if not _in_namespace(pid, "net", join):
+            missing.append("the network namespace the kernel made for it (it is in another: the host's?)")
+    elif not policy.get("allow_network", True) and (strict or "network" in claimed):
         if _same_namespace(pid, "net"):
             missing.append("its own network namespace (it shares the kernel's network)")
     if masking.startswith("mount namespace") and _same_namespace(pid, "mnt"):
@@ -100,6 +105,13 @@ def _same_namespace(pid: int, kind: str) -> bool:
         return os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino
     except OSError:
         return False  # gone, or the kind is not offered here: nothing to compare
+
+
+def _in_namespace(pid: int, kind: str, path: str) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(path).st_ino
+    except OSError:
+        return False  # the worker or the namespace's holder is gone: not in it
 
 
 def _in_cgroup(pid: int, procs_file: str) -> bool:

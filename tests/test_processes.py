@@ -357,6 +357,33 @@ def test_connections_without_the_key_are_turned_away(jset: Kernel) -> None:
     assert _value(jset.ok("jax.process_count()")) == "2"
 
 
+def _try_ports(ports: list[int]) -> str:
+    """Cell code: ``out`` lists 'connected' or 'refused' for each loopback port."""
+    return (
+        "import socket\nout = []\n"
+        f"for port in {ports!r}:\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=3).close()\n"
+        "        out.append('connected')\n"
+        "    except OSError:\n"
+        "        out.append('refused')\n"
+    )
+
+
+def test_standard_members_share_the_kernels_egress_not_the_hosts_loopback(jset: Kernel) -> None:
+    # Under standard every local member joins the kernel's user-mode egress namespace: they reach
+    # each other there (the cross-process tests above), the kernel's own ports on the host do not.
+    import shutil
+
+    if shutil.which("slirp4netns") is None:
+        pytest.skip("slirp4netns is not installed")
+    assert "user-mode egress" in jset.ok("%sandbox").stdout
+    ports = [jset.km.shell_port, jset.km.iopub_port]
+    res = jset.ok(_try_ports(ports) + "import sys\nprint(out, file=sys.stderr)")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2 and all(ln.endswith(str(["refused"] * len(ports))) for ln in lines), res.stderr
+
+
 def test_a_member_that_forges_frames_loses_the_set(jset: Kernel) -> None:
     """Cell code in a member writing on its own wire (unsealed bytes) can't fool the kernel."""
     res = execute(
@@ -415,14 +442,7 @@ def test_strict_profile_members_reach_each_other_and_nothing_else(strict_set: Ke
         udp.settimeout(1.0)
         ports.append(server.getsockname()[1])
         code = (
-            "import socket\nout = []\n"
-            f"for port in {ports!r}:\n"
-            "    try:\n"
-            "        socket.create_connection(('127.0.0.1', port), timeout=3).close()\n"
-            "        out.append('connected')\n"
-            "    except OSError:\n"
-            "        out.append('refused')\n"
-            "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            _try_ports(ports) + "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             "try:\n"
             f"    u.sendto(b'leak', ('127.0.0.1', {udp.getsockname()[1]}))\n"
             "except OSError:\n"

@@ -407,14 +407,6 @@ def test_no_unix_sockets_under_strict(strict: Kernel, tmp_path: Path) -> None:
     alive(strict)
 
 
-def test_network_is_allowed_under_standard(limited: Kernel) -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        limited.ok(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3).close()")
-
-
 # A worker launcher that installs our seccomp filter first: unshare is then denied, as on a host
 # without namespaces, so the worker can make neither its mount nor its network namespace.
 NO_NAMESPACES = json.dumps(

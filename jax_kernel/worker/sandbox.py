@@ -207,7 +207,10 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
     Not root: a user namespace mapping our own ids comes first (the interpreter keeps working).
     """
     want_net = not policy.get("allow_network", True)
-    join = policy.get("join_netns") if want_net else None  # a set's private network (jax_kernel.netns)
+    # The namespace the kernel made: a set's private network, or this kernel's user-mode egress
+    # (jax_kernel.netns); either way the kernel checks from /proc that we joined it.
+    join = policy.get("join_netns")
+    egress = policy.get("egress") or {}
     uid, gid = os.getuid(), os.getgid()
     user = 0 if uid == 0 else CLONE_NEWUSER
     net = CLONE_NEWNET if want_net and not join else 0
@@ -229,13 +232,26 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
     if net:
         report.active("network", "isolated: a new network namespace with no interfaces up")
     if join:
+        what = "the set's network namespace" if want_net else "the kernel's user-mode egress"
         try:
             _join_network(join)
             report.active(
-                "network", "the set's own network namespace: loopback shared by its processes, nothing else"
+                "network",
+                "the set's own network namespace: loopback shared by its processes, nothing else"
+                if want_net
+                else egress.get("describe", "user-mode egress"),
             )
+            if not want_net:
+                report.data["network"] = (
+                    "allowed by policy, through user-mode egress (not the host's loopback)"
+                )
         except (Unavailable, OSError) as e:
-            report.unavailable("network", f"could not join the set's network namespace ({e})")
+            report.unavailable("network", f"could not join {what} ({e})")
+    elif not want_net and egress.get("unavailable"):
+        report.unavailable("network", egress["unavailable"])
+        report.data["network"] = "allowed by policy, on the host's network (loopback included)"
+    elif not want_net and egress.get("host"):
+        report.data["network"] = egress["host"]
     masked: list[str] = []
     if not mounts:
         return masked
@@ -276,6 +292,14 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
             tmp_note = f"; a private /tmp ({kept} of the host's paths under it kept: the kernel's own)"
         except (Unavailable, OSError, KeyError, TypeError) as e:
             report.unavailable("private_tmp", str(e))
+    resolv = policy.get("fs", {}).get("resolv_conf")
+    if resolv and "network" in report.data["active"]:
+        # The host's resolver listens on its loopback, which egress does not reach: the kernel
+        # forwards it to our 127.0.0.1:53 and wrote the resolv.conf that says so.
+        try:
+            _bind_regular_file(resolv, os.path.realpath("/etc/resolv.conf"))
+        except (Unavailable, OSError) as e:
+            report.unavailable("dns", f"the host's resolver is on its loopback, out of reach ({e})")
     mask_file = policy.get("fs", {}).get("mask_file")
     for path in policy.get("fs", {}).get("hidden", []):
         real = os.path.realpath(path)
