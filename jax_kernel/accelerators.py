@@ -302,6 +302,17 @@ def pin_env(lease: Lease) -> dict[str, str]:
     return {name: ids for name in VISIBLE_DEVICES_ENV.get(lease.platform, ())}
 
 
+#: The device file of accelerator N, per platform, as ``inventory`` numbers them.  ROCm's render
+#: nodes are not numbered like HIP's devices, so a ROCm lease is kept by its environment alone.
+DEVICE_FILE = {"cuda": "/dev/nvidia{}", "tpu": "/dev/accel{}"}
+
+
+def device_files(platform: str, ids: list[int]) -> list[str] | None:
+    """The device files of accelerators ``ids``, or None where they can't be named (CPU, ROCm)."""
+    pattern = DEVICE_FILE.get(platform)
+    return None if pattern is None else [pattern.format(i) for i in ids]
+
+
 def pin_tasks(pid: int, cores: list[int]) -> list[int]:
     """Pin every thread of worker ``pid`` to ``cores`` from the kernel; return the tids that refused.
 

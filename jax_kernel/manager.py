@@ -21,7 +21,7 @@ from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, defau
 from traitlets.config import LoggingConfigurable
 
 from . import jaxspec, wire
-from .accelerators import Accelerators, Lease, LeaseError, pin_env, pin_tasks
+from .accelerators import Accelerators, Lease, LeaseError, device_files, pin_env, pin_tasks
 from .importpath import SAFE_PATH_ENV
 from .process import Spawned, WorkerProcess, default_worker_argv, describe_exit, spawn
 from .processes import ProcessSet, WorkerSet
@@ -214,12 +214,14 @@ class WorkerManager(LoggingConfigurable):
         self._prespawned = None
         spare, self.spare = self.spare, None
         if spare is not None and spare.alive():
+            self._restrict_devices(spare)  # before it can run a cell
             spare.send({"type": "activate", "id": 0, "config": config, "env": env})
             self.worker = spare
         else:
             if spare is not None:
                 spare.kill("the standby worker was not usable")
             self.worker = self._spawn(config, env)
+            self._restrict_devices(self.worker)
         self.worker.started_at = time.monotonic()
         self.starts += 1
         cores = config.get("cpu_affinity")
@@ -261,6 +263,17 @@ class WorkerManager(LoggingConfigurable):
         worker.ready.add_done_callback(pin)
         if worker.sandbox is not None and not worker.sandbox.restrict_cpus(cores):
             self.log.debug("No cpuset for worker %s: its lease is kept by pinning alone", worker.pid)
+
+    def _restrict_devices(self, worker: WorkerProcess) -> None:
+        """Keep a worker with an accelerator lease out of the other accelerators' device files."""
+        lease = self.lease
+        if lease is None or worker.sandbox is None:
+            return
+        keep = device_files(lease.platform, lease.devices)
+        if keep is not None and not worker.sandbox.restrict_devices(keep):
+            self.log.debug(
+                "No devices cgroup for worker %s: its lease is kept by its environment", worker.pid
+            )
 
     def _lease_for_set(self, platform: str, count: int) -> Lease | None:
         """Lease ``count`` devices (cores on a CPU host) for a set's members on this host, when the

@@ -442,6 +442,7 @@ class WorkerSet:
                 config.update(self._leased(local_rank, env))
                 if config.get("cpu_affinity"):  # its cpuset keeps every affinity it sets inside them
                     ws.restrict_cpus(config["cpu_affinity"])
+                self._restrict_devices(ws, local_rank)
             self._send(m, {"type": "setup", "id": 0, "config": config, "env": env})
 
     def _private_network(self, m: Member, here: str) -> str:
@@ -475,6 +476,17 @@ class WorkerSet:
         else:
             env.update(pin_env(Lease(self.lease.platform, mine, self.lease.mode)))
         return extra
+
+    def _restrict_devices(self, ws: Any, local_rank: int) -> None:
+        """A local member opens only its own slice's accelerator device files (a devices cgroup)."""
+        from .accelerators import device_files
+
+        if self.lease is None or self.lease.platform == "cpu":
+            return
+        k = self.devices_per_process
+        keep = device_files(self.lease.platform, self.lease.devices[local_rank * k : (local_rank + 1) * k])
+        if keep is not None:
+            ws.restrict_devices(keep)
 
     # reading ------------------------------------------------------------------------
     def _frame(self, m: Member, msg: dict[str, Any]) -> None:

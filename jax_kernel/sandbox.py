@@ -335,6 +335,10 @@ def _make_cgroup(controller: str, name: str, settings: dict[str, int | str]) -> 
     raise OSError(", ".join(reasons) or f"no {controller} cgroup hierarchy on this host")
 
 
+#: Device files of one accelerator each (a lease's unit); control files (nvidiactl, uvm) are shared.
+ACCELERATOR_FILE = re.compile(r"/dev/(nvidia|accel)[0-9]+")
+
+
 @dataclass(eq=False)
 class WorkerSandbox:
     """What the kernel set up for one worker: its policy and its cgroups."""
@@ -352,6 +356,32 @@ class WorkerSandbox:
         try:
             with open(os.path.join(cg.path, "cpuset.cpus"), "w") as f:
                 f.write(",".join(str(c) for c in cores))
+        except OSError:
+            return False
+        return True
+
+    def restrict_devices(self, keep: list[str]) -> bool:
+        """Deny the worker every accelerator device file it was given except ``keep`` (its lease).
+
+        The worker's private /dev holds every accelerator the policy allows, since a standby
+        worker is made before anyone knows its lease; the devices cgroup (v1) then refuses to
+        open the others, from outside, whatever the worker does with its environment.  False
+        where there is no devices cgroup."""
+        cg = self.cgroups.get("devices")
+        if cg is None or cg.version != 1:
+            return False
+        try:
+            with open(os.path.join(cg.path, "devices.deny"), "w") as f:
+                for path in self.policy.get("fs", {}).get("devices", []):
+                    if path in keep or not ACCELERATOR_FILE.fullmatch(path):
+                        continue
+                    try:
+                        info = os.stat(path)
+                    except OSError:
+                        continue
+                    if stat.S_ISCHR(info.st_mode):
+                        f.write(f"c {os.major(info.st_rdev)}:{os.minor(info.st_rdev)} rwm\n")
+                        f.flush()  # one rule per write: the controller parses each write alone
         except OSError:
             return False
         return True
@@ -891,6 +921,10 @@ class Sandbox(LoggingConfigurable):
             wanted["memory"] = {"memory.limit_in_bytes": memory}
         if self.max_processes:
             wanted["pids"] = {"pids.max": self.max_processes}
+        if "devices" in _own_cgroups() and any(
+            ACCELERATOR_FILE.fullmatch(p) for p in policy["fs"]["devices"]
+        ):
+            wanted["devices"] = {}  # v1 only; narrowed to the lease once there is one (restrict_devices)
         parent_cpuset = _parent_cpuset()
         if parent_cpuset is not None:  # every core of ours for now; a lease narrows it (restrict_cpus)
             wanted["cpuset"] = {"cpuset.cpus": parent_cpuset[0], "cpuset.mems": parent_cpuset[1]}

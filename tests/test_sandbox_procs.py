@@ -234,3 +234,53 @@ def test_a_leased_worker_cannot_widen_its_own_cores(tmp_path: Any) -> None:
         assert k.ok("1 + 1").of("execute_result")
     finally:
         stop_kernel(km, kc)
+
+
+def test_a_worker_opens_only_its_leased_accelerators_device_files() -> None:
+    """The standby's /dev holds every allowed accelerator; its lease is then enforced from outside
+    (a devices cgroup).  No GPU here: two stand-in device files with an accelerator's name, whose
+    nodes are /dev/full's and /dev/zero's, and a process in the worker's cgroups tries each."""
+    import stat as statmod
+
+    from jax_kernel.sandbox import Sandbox, _own_cgroups
+
+    if os.geteuid() != 0 or "devices" not in _own_cgroups():
+        pytest.skip("no v1 devices cgroup controller this process can delegate (root, cgroup v1)")
+    fakes = {"/dev/nvidia97": "/dev/full", "/dev/nvidia98": "/dev/zero"}
+    if any(os.path.exists(f) for f in fakes):
+        pytest.skip("this host has devices at the stand-ins' names")
+    for fake, real in fakes.items():
+        os.mknod(fake, statmod.S_IFCHR | 0o666, os.stat(real).st_rdev)
+    try:
+        ws = Sandbox(profile="standard").prepare_worker()
+        try:
+            assert set(fakes) <= set(ws.policy["fs"]["devices"])
+            assert ws.restrict_devices(["/dev/nvidia98"])  # leased: 98 only
+            probe = (
+                "import json, os, sys\n"
+                "for procs in json.loads(sys.argv[1]).values():\n"
+                "    open(procs, 'w').write(str(os.getpid()))\n"
+                "out = {}\n"
+                "for path in ('/dev/nvidia97', '/dev/nvidia98', '/dev/null'):\n"
+                "    try:\n"
+                "        os.close(os.open(path, os.O_RDONLY)); out[path] = 'opened'\n"
+                "    except OSError as e:\n"
+                "        out[path] = e.strerror\n"
+                "print(json.dumps(out))\n"
+            )
+            got = subprocess.run(
+                [sys.executable, "-c", probe, json.dumps(ws.policy["cgroups"])],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert json.loads(got.stdout) == {
+                "/dev/nvidia97": "Operation not permitted",
+                "/dev/nvidia98": "opened",
+                "/dev/null": "opened",
+            }, got
+        finally:
+            ws.release(wait=True)
+    finally:
+        for fake in fakes:
+            os.unlink(fake)
