@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -275,6 +276,47 @@ def test_root_worker_cannot_chmod_system_files(limited: Kernel) -> None:
     limited.ok(f"import os; os.chmod({os.path.realpath(sys.executable)!r}, 0o4777)")
     assert os.stat(sys.executable).st_mode == before
     alive(limited)
+
+
+@pytest.mark.parametrize("profile", ["standard", "strict"])
+def test_no_acl_or_xattr_opens_a_host_file(profile: str, request: pytest.FixtureRequest) -> None:
+    """Landlock does not govern setxattr: as uid 0 a POSIX ACL made a root-owned 0600 file in a
+    folder the worker can't write readable by everyone (/etc/shadow, say)."""
+    k = request.getfixturevalue("limited" if profile == "standard" else "strict")
+    need(k, "seccomp")
+    import tempfile
+
+    # /var/tmp: the worker sees it (its /tmp is private) and may not write it.
+    secret = Path(tempfile.mkdtemp(dir="/var/tmp")) / "secret"
+    request.addfinalizer(lambda: (secret.unlink(), secret.parent.rmdir()))
+    secret.write_text("decoy")
+    secret.chmod(0o600)
+    # ACL: user::rw-, group::r--, other::r-- (version 2, three entries), as setfacl writes it.
+    acl = b"\x02\x00\x00\x00" + b"".join(
+        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + (0xFFFFFFFF).to_bytes(4, "little")
+        for tag, perm in ((1, 6), (4, 4), (32, 4))
+    )
+    res = k.run(
+        "import os\nout = {}\n"
+        f"for name, value in (('system.posix_acl_access', {acl!r}), ('user.note', b'x')):\n"
+        "    try:\n"
+        f"        os.setxattr({str(secret)!r}, name, value); out[name] = 'set'\n"
+        "    except OSError as e:\n"
+        "        out[name] = e.errno\n"
+        "import shutil, tempfile\nown = os.path.join(tempfile.mkdtemp(), 'own-file')\n"
+        "open(own, 'w').close()\n"
+        "try:\n"
+        "    os.setxattr(own, 'user.note', b'x'); out['own'] = 'set'\n"
+        "except OSError as e:\n"
+        "    out['own'] = e.errno\n"
+        "shutil.copy2(own, own + '-copy')  # copies without its xattrs, no error\n"
+        "print(out)"
+    )
+    assert res.reply["status"] == "ok", evalue(res)
+    assert eval(res.stdout) == {"system.posix_acl_access": 1, "user.note": 1, "own": 1}  # noqa: S307
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert os.listxattr(secret) == []
+    alive(k)
 
 
 def test_fork_bomb_is_contained(limited: Kernel) -> None:

@@ -873,6 +873,8 @@ _DENY = {
         "open_by_handle_at": 304, "name_to_handle_at": 303, "open_tree": 428, "move_mount": 429,
         "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
         "reboot": 169, "swapon": 167, "swapoff": 168, "syslog": 103, "acct": 163, "kcmp": 312,
+        "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
+        "fremovexattr": 199, "setxattrat": 463, "removexattrat": 466,
     },
     "aarch64": {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
@@ -883,8 +885,13 @@ _DENY = {
         "open_by_handle_at": 265, "name_to_handle_at": 264, "open_tree": 428, "move_mount": 429,
         "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
         "reboot": 142, "swapon": 224, "swapoff": 225, "syslog": 116, "acct": 89, "kcmp": 272,
+        "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
+        "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466,
     },
 }  # fmt: skip
+# The xattr writes are there because Landlock does not govern them: a POSIX ACL written as
+# ``system.posix_acl_access`` changes who may read a file, and as uid 0 the worker owns
+# /etc/shadow.  EPERM is what shutil.copy2 and cp already expect from a file system without them.
 #: As uid 0 the worker owns most system files, and Landlock does not govern chmod: with the
 #: capabilities gone, uid 0 could still chmod /etc/shadow or make a binary setuid.  So for root
 #: these succeed without doing anything (an error would break shutil.copy and friends).
@@ -1055,7 +1062,7 @@ def _apply_seccomp(report: _Report, deny_unix_sockets: bool = False) -> None:
         "seccomp",
         f"{len(_DENY[_ARCH]) + 2} system calls denied (ptrace, process_vm_*, mount, unshare/setns, "
         "namespace flags on clone, clone3 -> ENOSYS, bpf, perf_event_open, kexec, modules, keyctl, "
-        "userfaultfd, io_uring, ...); rlimits, nice, I/O priority, CPU affinity and scheduling "
+        "userfaultfd, io_uring, xattr and ACL writes, ...); rlimits, nice, I/O priority, CPU affinity and scheduling "
         "only of the worker itself (prlimit64, setpriority, ioprio_set, sched_set*)"
         + ("; chmod is a no-op (uid 0 owns the system's files)" if root else "")
         + ("; no new unix sockets (socketpair only)" if deny_unix_sockets else ""),
