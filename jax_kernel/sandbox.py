@@ -891,6 +891,9 @@ class Sandbox(LoggingConfigurable):
                 "hidden": self._hidden(),
                 "devices": self._devices(),
                 "mask_file": os.path.join(state, "mask"),
+                # The worker's own temp dir and history: nothing outside reads them but the kernel's
+                # clean-up, which follows no symlink; the only places for sockets, FIFOs, symlinks.
+                "private_writable": [os.path.join(state, "tmp"), os.path.join(state, "history")],
                 "readonly": self._protected(writable, state, exempt=caches),
             },
             "limits": {

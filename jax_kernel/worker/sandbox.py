@@ -562,6 +562,8 @@ LL_NET_CONNECT_TCP = 1 << 1  # ABI 4
 LL_RULE_PATH_BENEATH = 1
 LL_RULE_NET_PORT = 2
 
+#: What a writable folder others read gets no right to make (see _landlock).
+SPECIAL_FILES = LL_MAKE_SYM | LL_MAKE_FIFO | LL_MAKE_SOCK | LL_MAKE_CHAR | LL_MAKE_BLOCK
 _FILE_RIGHTS = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
 READ = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
 DEVICE = LL_READ_FILE | LL_WRITE_FILE | LL_IOCTL_DEV | LL_TRUNCATE
@@ -828,18 +830,26 @@ def _landlock(
     if "/dev" in masked or "/dev/shm" in fs.get("devices", []):
         rs.add("/dev/shm", rs.handled)
     writable = []
+    # Symlinks, FIFOs, sockets and device nodes only in the worker's own temp dirs: in a folder
+    # that anything outside reads (the notebook folder: the Jupyter server's save follows a
+    # symlink, and a FIFO named like a notebook hangs its read), only ordinary files and folders.
+    private = {os.path.realpath(p) for p in fs.get("private_writable", [])}
+    ordinary = rs.handled & ~SPECIAL_FILES
     for path in [*fs.get("writable", []), *([policy["tmp_done"]] if policy.get("tmp_done") else [])]:
         # A writable folder that holds a hidden path (notebooks in ~) can't itself be listed or
         # get new entries; what is in it can.  Landlock can only allow, never carve out.
         # Without the mount namespace, what must stay read-only is carved out of the write grant.
         done = set(policy.get("readonly_done") or [])
         ro = [p for p in fs.get("readonly", []) if p not in done]
-        if _grant(rs, path, [*hidden, *ro], rs.handled, 0, masked):
+        access = rs.handled if os.path.realpath(path) in private else ordinary
+        if _grant(rs, path, [*hidden, *ro], access, 0, masked):
             writable.append(os.path.realpath(path))
     rs.restrict()
     report.active(
         "filesystem",
-        f"Landlock ABI {abi}: read-only except {writable}; hidden: {sorted((masked - {'/dev'}) | set(hidden))}",
+        f"Landlock ABI {abi}: read-only except {writable} (ordinary files and folders only: symlinks, "
+        f"FIFOs, sockets and device nodes in {sorted(private)} alone); "
+        f"hidden: {sorted((masked - {'/dev'}) | set(hidden))}",
     )
     if net is not None:
         bind, connect, bind_range, connect_range = net
