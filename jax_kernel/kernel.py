@@ -58,9 +58,10 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
     implementation_version = __version__
 
     output_limit = Integer(
-        5_000_000,
-        help="Characters of stdout/stderr one cell may send; the rest is dropped with a notice "
-        "(a runaway print must not take the browser or the kernel down).",
+        20_000_000,
+        help="Characters of output one cell may send, everything counted: stream text, and the data "
+        "of displays, results and comm messages; the rest is dropped with a notice (a runaway print "
+        "or display loop must not take the browser or the kernel down).",
     ).tag(config=True)
 
     compile_notice_after = Float(

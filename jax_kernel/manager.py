@@ -577,7 +577,9 @@ class WorkerManager(LoggingConfigurable):
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = (worker, fut, kind)
-        if kind == "execute" or kind in wire.JAX_REQUESTS:
+        busy = any(k == "execute" for _w, _f, k in self._pending.values() if _f is not fut)
+        if kind == "execute" or kind in wire.JAX_REQUESTS or (kind == "comm" and not busy):
+            # A widget's message between cells is its own "cell": its replies get a fresh budget.
             worker.stream_budget.reset(self.stream_limit + 1024)  # room for the worker's own notice
         worker.send({"type": kind, "id": req_id, **content})
         watchdog = None

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -24,13 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import wire
-from .budget import OutputBudget
+from .budget import COUNTED, OutputBudget, output_size
 from .importpath import python_module_command
 
 #: Frames handled per turn of the event loop before other callbacks get theirs.
 FRAMES_PER_TURN = 64
 #: Bytes of the worker's stderr kept for crash reports.
 DIAG_TAIL = 16 * 1024
+#: Bytes of the worker's stderr the kernel logs (the rest is counted, and kept in the tail).
+DIAG_LOGGED = 4 * 1024
+#: Escape sequences and control characters, stripped from logged stderr (a terminal reading the
+#: log must not be driven by a cell).
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*(\x07|\x1b\\)?|[\x00-\x08\x0b-\x1f\x7f]")
 
 SIGNAL_MEANINGS = {
     signal.SIGSEGV: "segmentation fault",
@@ -253,11 +259,14 @@ class WorkerProcess:
             pass  # the loop is closed: the kernel is shutting down
 
     def _frame(self, msg: dict[str, Any]) -> None:
-        if msg["type"] == "stream":
+        kind = msg["type"]
+        if kind == "stream":
             text = self.stream_budget.admit(msg["text"])
             if not text:
                 return
             msg["text"] = text
+        elif kind in COUNTED and not self.stream_budget.admit_message(output_size(msg)):
+            return
         self._on_message(self, msg)
 
     def _wire_error(self, error: Exception) -> None:
@@ -281,12 +290,27 @@ class WorkerProcess:
         self._post(self._on_exit, returncode)
 
     def _read_diag(self) -> None:
+        """Keep the tail of the worker's own stderr for crash reports; log only the first
+        ``DIAG_LOGGED`` bytes of it: a cell can write there (``os.write(2, ...)``), and the
+        server's log is not the cell's to fill (20 MB once added 27.8 MB of log lines)."""
         assert self.proc.stderr is not None
+        logged = unlogged = 0
         for line in iter(self.proc.stderr.readline, b""):
             with self._diag_lock:
                 self._diag += line[:DIAG_TAIL]
                 del self._diag[:-DIAG_TAIL]
-            self.log.warning("worker %s: %s", self.pid, line.decode("utf-8", "replace").rstrip())
+            if logged < DIAG_LOGGED:
+                text = _CONTROL.sub("", line[: DIAG_LOGGED - logged].decode("utf-8", "replace")).rstrip()
+                logged += len(line)
+                self.log.warning("worker %s: %s", self.pid, text)
+                if logged >= DIAG_LOGGED:
+                    self.log.warning(
+                        "worker %s: its further stderr is not logged (kept for a crash report)", self.pid
+                    )
+            else:
+                unlogged += len(line)
+        if unlogged:
+            self.log.warning("worker %s: %d more bytes of stderr were not logged", self.pid, unlogged)
         self.proc.stderr.close()
 
     def catch_up(self, turns: int = 16) -> None:

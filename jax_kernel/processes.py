@@ -45,7 +45,7 @@ from traitlets import Float, Integer, List, Unicode, default
 from traitlets.config import Config, LoggingConfigurable
 
 from . import wire
-from .budget import OutputBudget
+from .budget import COUNTED, OutputBudget, output_size
 from .importpath import python_module_command
 from .netns import NetworkError, PrivateNetwork
 from .process import WireReader, describe_exit
@@ -558,7 +558,7 @@ class WorkerSet:
             else:
                 self._emit_error([m.index], msg)
         elif kind in DISPLAYS:
-            if self.shows(m.index):
+            if self.shows(m.index) and self._within_budget(msg):
                 self._on_message(self, msg)
         elif kind == "input_request":
             # The frontend is asked for process 0's input() calls only; every process gets the
@@ -567,7 +567,7 @@ class WorkerSet:
             self._answer_inputs(m)
             if m.index == 0 and m.inputs_asked > len(self._answers):
                 self._on_message(self, msg)
-        elif m.index == 0:  # comm, debug_reply, debug_event: the frontend talks to process 0
+        elif m.index == 0 and self._within_budget(msg):  # comm, debug: the frontend talks to process 0
             self._on_message(self, msg)
 
     def catch_up(self, turns: int = 16) -> None:
@@ -585,6 +585,10 @@ class WorkerSet:
     def shows(self, index: int) -> bool:
         """Whether stdout and displays of process ``index`` reach the frontend (``%jax_output``)."""
         return self.output_mode == "all" or self.output_mode == str(index)
+
+    def _within_budget(self, msg: dict[str, Any]) -> bool:
+        """The cell's one output budget (jax_kernel.budget) for a display or comm message."""
+        return msg["type"] not in COUNTED or self.stream_budget.admit_message(output_size(msg))
 
     def _stream(self, m: Member, msg: dict[str, Any]) -> None:
         if msg["name"] == "stdout" and not self.shows(m.index):

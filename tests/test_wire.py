@@ -40,7 +40,7 @@ def small_kernel() -> Iterator[Kernel]:
 
 def test_huge_print_is_truncated_with_a_notice(kernel: Kernel) -> None:
     res = kernel.ok("print('x' * 300_000_000)", timeout=120)
-    assert 4_000_000 <= len(res.stdout) <= 5_000_000
+    assert 19_000_000 <= len(res.stdout) <= 20_000_000
     assert "output truncated" in res.stderr and "JaxKernel.output_limit" in res.stderr
     assert kernel.ok("'alive'").of("execute_result")
 
@@ -49,6 +49,36 @@ def test_output_limit_is_configurable(small_kernel: Kernel) -> None:
     res = small_kernel.ok("for i in range(100_000):\n    print('line', i)")
     assert len(res.stdout) <= SMALL_LIMIT
     assert "output truncated" in res.stderr
+
+
+def _display_chars(res) -> int:  # noqa: ANN001 - a conftest Result
+    return sum(len(d["data"].get("text/plain", "")) for d in res.of("display_data"))
+
+
+def test_displays_and_streams_share_one_output_budget(small_kernel: Kernel) -> None:
+    # 100 displays of 10,000 characters: five times the budget, once through display() and
+    # once through frames a worker that ignores the budget writes straight on the wire.
+    res = small_kernel.ok("for i in range(100):\n    display({'text/plain': 'x' * 10_000}, raw=True)")
+    assert 0 < _display_chars(res) <= SMALL_LIMIT
+    assert "outputs left out whole" in res.stderr and "JaxKernel.output_limit" in res.stderr
+    res = small_kernel.ok(
+        INJECT + "body = json.dumps({'type': 'display_data', 'data': {'text/plain': 'z' * 10_000}, "
+        "'metadata': {}, 'transient': {}}).encode()\n"
+        "for _ in range(100):\n    frame(body)\n"
+    )
+    assert 0 < _display_chars(res) <= SMALL_LIMIT and "outputs left out whole" in res.stderr
+    # Text already printed counts too: a cell near its limit in prints gets fewer displays.
+    res = small_kernel.ok(
+        "print('p' * 150_000)\nfor i in range(10):\n    display({'text/plain': 'x' * 10_000}, raw=True)"
+    )
+    assert len(res.stdout) + _display_chars(res) <= SMALL_LIMIT + 1024  # the room for the notice
+    assert small_kernel.ok("display({'text/plain': 'next cell'}, raw=True)").of("display_data")
+
+
+def test_a_widget_message_after_a_flooded_cell_still_gets_through(small_kernel: Kernel) -> None:
+    small_kernel.ok("for i in range(100):\n    display({'text/plain': 'x' * 10_000}, raw=True)")
+    res = small_kernel.ok("display({'text/plain': 'fine'}, raw=True)")
+    assert [d["data"]["text/plain"] for d in res.of("display_data")] == ["fine"]
 
 
 def test_kernel_backstop_limits_a_worker_that_ignores_the_budget(small_kernel: Kernel) -> None:
@@ -172,3 +202,45 @@ def test_sealed_wire_hides_and_authenticates_every_frame() -> None:
     stranger._buf += echoed
     with pytest.raises(wire.AuthenticationError):
         stranger.recv(timeout=1)  # nor does anyone without the key
+
+
+def test_what_a_cell_writes_to_the_workers_stderr_fills_no_log(tmp_path) -> None:  # noqa: ANN001
+    """The worker's own fd 2 goes to the kernel's log: a cell must not fill the server's log
+    (20 MB once added 27.8 MB of WARNING lines) nor drive the terminal reading it."""
+    from conftest import KERNEL_NAME, TIMEOUT
+    from jupyter_client.manager import KernelManager
+
+    log = tmp_path / "kernel.log"
+    km = KernelManager(kernel_name=KERNEL_NAME)
+    with open(log, "wb") as f:
+        km.start_kernel(stderr=f)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=TIMEOUT)
+        k = Kernel(km, kc)
+        # fd 2 is the cell's stderr stream; the original, the kernel's diagnostic pipe, is a dup
+        # (for faulthandler) that a cell finds among its open pipes.
+        k.ok(
+            "import os\n"
+            "def writable_pipe(fd):\n"
+            "    try:\n"
+            "        flags = int(open(f'/proc/self/fdinfo/{fd}').read().split()[3], 8)\n"
+            "        return os.readlink(f'/proc/self/fd/{fd}').startswith('pipe:') and flags & 3 == 1\n"
+            "    except OSError:\n"
+            "        return False\n"
+            "fds = [int(fd) for fd in os.listdir('/proc/self/fd') if int(fd) > 2 and writable_pipe(fd)]\n"
+            "assert fds\n"
+            "for i in range(20_000):\n"
+            "    for fd in fds:\n"
+            "        os.write(fd, b'\\x1b[31mflood ' + b'y' * 1000 + b'\\n')\n"
+        )
+        assert k.ok("6 * 7").of("execute_result")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    text = log.read_bytes()
+    assert text.count(b"flood ") <= 5, len(text)
+    assert len(text) < 64 * 1024, len(text)
+    assert b"\x1b[31m" not in text
+    assert b"more bytes of stderr were not logged" in text or b"further stderr is not logged" in text
