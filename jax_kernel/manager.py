@@ -459,7 +459,13 @@ class WorkerManager(LoggingConfigurable):
         the running worker is replaced.
         """
         settings = {**self._jax_settings_defaults(), **jax_overrides}
-        if settings.get("processes", 1) > 1:
+        count = settings.get("processes", 1)
+        if count > self.processes.max_processes:
+            raise jaxspec.JaxSpecError(
+                f"a set of {count} processes is more than this kernel allows "
+                f"(ProcessSet.max_processes = {self.processes.max_processes}). The worker was kept as it was."
+            )
+        if count > 1:
             try:
                 self.processes.launcher_class(settings.get("launcher") or self.processes.launcher)
             except ValueError as e:

@@ -75,6 +75,18 @@ class ProcessSet(LoggingConfigurable):
         "this config (e.g. c.MPIEngineSetLauncher.mpi_args) or from ipyparallel_profile.",
     ).tag(config=True)
 
+    max_processes = Integer(
+        help="Most processes one set may have. Every per-worker limit of the sandbox (memory, tasks) "
+        "is per member, so a set of N takes N times each: a cell must not multiply them past what "
+        "the host has. Default: this host's cores (at least 2).",
+    ).tag(config=True)
+
+    @default("max_processes")
+    def _default_max_processes(self) -> int:
+        return max(
+            2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+        )
+
     allowed_launchers = List(
         Unicode(),
         ["local", "mpi"],

@@ -289,6 +289,8 @@ def test_bad_set_requests_get_one_line_errors(jset: Kernel) -> None:
         ("%load_jax --processes 0", "processes must be between 1 and 1024"),
         ("%load_jax --processes 2 --launcher 'no such'", "launcher must be a launcher name"),
         ("%load_jax --processes 2 --host-devices 2", "a set of processes takes devices_per_process"),
+        # Each member gets the per-worker limits: N members would take N times the host's share.
+        ("%load_jax --processes 1024", "is more than this kernel allows (ProcessSet.max_processes = "),
     ):
         res = execute(jset.kc, code)
         assert res.reply["status"] == "error" and text in res.reply["evalue"], res.reply
