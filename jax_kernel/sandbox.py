@@ -590,6 +590,7 @@ class Sandbox(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._state_dir: str | None = None
+        self._mask_id: list[int] | None = None
         self._ids = itertools.count(1)
         self._warned = False
         self.last_report: dict[str, Any] | None = None
@@ -629,6 +630,11 @@ class Sandbox(LoggingConfigurable):
                 parse_size(getattr(self, name), f"Sandbox.{name}")
             except ValueError as e:
                 raise TraitError(str(e)) from None
+        if self.enabled:
+            try:
+                self._state_base()
+            except ValueError as e:
+                raise TraitError(f"Sandbox: {e}") from None
 
     @property
     def enabled(self) -> bool:
@@ -643,15 +649,47 @@ class Sandbox(LoggingConfigurable):
     def state_dir(self) -> str:
         """A private directory for this kernel's workers: their temp dir and IPython history."""
         if self._state_dir is None:
-            self._state_dir = tempfile.mkdtemp(prefix=f"jax-kernel-sandbox-{os.getpid()}-")
+            self._state_dir = tempfile.mkdtemp(
+                prefix=f"jax-kernel-sandbox-{os.getpid()}-", dir=self._state_base()
+            )
             _sweep_stale_state(os.path.dirname(self._state_dir))
             os.mkdir(os.path.join(self._state_dir, "tmp"), 0o700)
             os.mkdir(os.path.join(self._state_dir, "history"), 0o700)
             os.mkdir(os.path.join(self._state_dir, "root-tmp"), 0o700)  # the workers' /tmp
-            # What a hidden file looks like inside the sandbox: empty and mode 000.
-            os.close(os.open(os.path.join(self._state_dir, "mask"), os.O_CREAT | os.O_WRONLY, 0))
+            # What a hidden file looks like inside the sandbox: empty and mode 000.  The worker
+            # binds it only if it is still this very file (device, inode).
+            fd = os.open(
+                os.path.join(self._state_dir, "mask"), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0
+            )
+            info = os.fstat(fd)
+            os.close(fd)
+            self._mask_id = [info.st_dev, info.st_ino]
             atexit.register(shutil.rmtree, self._state_dir, True)
         return self._state_dir
+
+    def _state_base(self) -> str:
+        """Where the state dir goes: the temp dir, unless a worker could write there (notebooks in
+        /tmp, TMPDIR set to the notebook folder), since a worker that can swap the mask file or
+        its history for its own has the next worker bind them.  Then the first of /var/tmp
+        and ~/.cache that no worker writes (not /dev/shm: the worker's /dev is its own)."""
+        roots = [os.path.realpath(p) for p in (os.getcwd(), *map(os.path.expanduser, self.writable_paths))]
+        candidates = [tempfile.gettempdir(), "/var/tmp", os.path.expanduser("~/.cache")]
+        for base in candidates:
+            real = os.path.realpath(base)
+            if (
+                os.path.isdir(real)
+                and os.access(real, os.W_OK)
+                and not any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
+            ):
+                if base != candidates[0]:
+                    self.log.info(
+                        "Sandbox state in %s: the temp dir %s is writable by workers", real, candidates[0]
+                    )
+                return real
+        raise ValueError(
+            "no folder for the sandbox's state outside what workers may write (tried "
+            f"{', '.join(candidates)}): start the kernel with TMPDIR outside the notebook folder"
+        )
 
     def _hidden(self) -> list[str]:
         """The hidden paths for a worker about to start: patterns expanded to what exists now.
@@ -891,6 +929,7 @@ class Sandbox(LoggingConfigurable):
                 "hidden": self._hidden(),
                 "devices": self._devices(),
                 "mask_file": os.path.join(state, "mask"),
+                "mask_id": self._mask_id,
                 # The worker's own temp dir and history: nothing outside reads them but the kernel's
                 # clean-up, which follows no symlink; the only places for sockets, FIFOs, symlinks.
                 "private_writable": [os.path.join(state, "tmp"), os.path.join(state, "history")],

@@ -146,3 +146,74 @@ def test_user_sockets_are_unreachable(hk: Kernel, sockets: dict[str, socket.sock
             server.accept()  # the server saw no connection
     hk.ok("import jax, jax.numpy as jnp\nfloat(jax.jit(lambda x: x @ x)(jnp.ones((64, 64))).sum())")
     alive(hk)
+
+
+def test_a_worker_cannot_swap_the_mask_for_the_next_worker(tmp_path: Path) -> None:
+    """With TMPDIR set to the notebook folder the state dir (and its mask file, which the next
+    worker binds over every hidden file) landed where the worker could write: a cell replaced
+    the mask and the next worker's hidden files showed the cell's content."""
+    import tempfile
+
+    secret_dir = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    secret = secret_dir / "token"
+    secret.write_text("the real secret")
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    km, kc = start_kernel(
+        extra_arguments=[f"--Sandbox.hidden_paths={json.dumps([str(secret)])}"],
+        env={**os.environ, "TMPDIR": str(notebooks)},
+        cwd=str(notebooks),
+    )
+    k = Kernel(km, kc)
+    try:
+        res = k.ok(
+            "import os, tempfile\n"
+            "state = os.path.dirname(tempfile.gettempdir())\n"
+            "print(state)\n"
+            "for attempt in ('write', 'replace'):\n"
+            "    try:\n"
+            "        if attempt == 'write':\n"
+            "            open(os.path.join(state, 'mask'), 'w').write('planted')\n"
+            "        else:\n"
+            "            open(os.path.join(state, 'fake'), 'w').write('planted')\n"
+            "            os.replace(os.path.join(state, 'fake'), os.path.join(state, 'mask'))\n"
+            "        print(attempt, 'done')\n"
+            "    except OSError as e:\n"
+            "        print(attempt, type(e).__name__)\n"
+        )
+        state, *attempts = res.stdout.split("\n")
+        assert not Path(state).resolve().is_relative_to(notebooks.resolve()), state
+        assert "done" not in res.stdout, res.stdout
+        k.run("import os; os._exit(0)")  # the next worker masks the secret with the mask file
+        res = k.run(f"print(repr(open({str(secret)!r}).read()))")
+        assert "planted" not in res.stdout and "the real secret" not in res.stdout, res.stdout
+        assert k.ok("6 * 7").of("execute_result")
+    finally:
+        stop_kernel(km, kc)
+        secret.unlink()
+        secret_dir.rmdir()
+
+
+def test_no_state_dir_outside_the_writable_folders_is_one_line_at_start(tmp_path: Path) -> None:
+    import subprocess
+
+    notebooks = tmp_path / "nb"
+    notebooks.mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jax_kernel",
+            f"--Sandbox.writable_paths={json.dumps(['/var/tmp', '~/.cache'])}",
+            "-f",
+            str(tmp_path / "kernel.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(notebooks),
+        env={**os.environ, "TMPDIR": str(notebooks)},
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode != 0
+    assert "start the kernel with TMPDIR outside the notebook folder" in proc.stdout + proc.stderr

@@ -315,7 +315,7 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
                     "size=4k,nr_inodes=1,mode=000",
                 )
             elif mask_file:
-                _bind_regular_file(mask_file, real)
+                _bind_regular_file(mask_file, real, policy["fs"].get("mask_id"))
                 _mount(None, real, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
             else:
                 continue
@@ -426,12 +426,16 @@ def _join_network(path: str) -> None:
         os.close(fd)
 
 
-def _bind_regular_file(source: str, target: str) -> None:
-    """Bind ``source`` over ``target``, refusing a source that is not a plain file (a symlink)."""
+def _bind_regular_file(source: str, target: str, expected: list[int] | None = None) -> None:
+    """Bind ``source`` over ``target``, refusing a source that is not a plain file (a symlink)
+    or, with ``expected`` (device, inode), not the very file the kernel made."""
     fd = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise Unavailable(f"{source} is not a regular file")
+        if expected is not None and [info.st_dev, info.st_ino] != list(expected):
+            raise Unavailable(f"{source} is not the file the kernel made (replaced?)")
         _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
     finally:
         os.close(fd)
