@@ -587,6 +587,7 @@ class WorkerManager(LoggingConfigurable):
         if kind == "execute" or kind in wire.JAX_REQUESTS or (kind == "comm" and not busy):
             # A widget's message between cells is its own "cell": its replies get a fresh budget.
             worker.stream_budget.reset(self.stream_limit + 1024)  # room for the worker's own notice
+        limit_hits = worker.sandbox.process_limit_hits() if kind == "execute" and worker.sandbox else 0
         worker.send({"type": kind, "id": req_id, **content})
         watchdog = None
         if kind == "execute" and self.sandbox.enabled and self.sandbox.cpu_time_limit > 0:
@@ -597,6 +598,24 @@ class WorkerManager(LoggingConfigurable):
             self._pending.pop(req_id, None)
             if watchdog is not None:
                 watchdog.cancel()
+            if kind == "execute" and worker.sandbox and worker.sandbox.process_limit_hits() > limit_hits:
+                self._after_process_limit(worker)
+
+    def _after_process_limit(self, worker: WorkerProcess) -> None:
+        """The cell ran into the task limit: end what it forked, so that the next cell can start
+        threads again (XLA needs them), and say so."""
+        killed = worker.sandbox.kill_children(worker.pid)
+        if killed:
+            # Ahead of any next request: the worker reaps them first (a zombie still counts).
+            worker.send({"type": "reap", "id": next(self._ids), "pids": killed})
+            self.log.warning(
+                "Worker %s hit its process limit; killed %d of its child processes", worker.pid, len(killed)
+            )
+            self.problem_handler(
+                f"the cell hit the sandbox's process limit ({self.sandbox.max_processes} tasks, "
+                f"Sandbox.max_processes): its {len(killed)} child processes were killed so that the next "
+                "cell can run"
+            )
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:

@@ -360,6 +360,35 @@ class WorkerSandbox:
             return False
         return True
 
+    def process_limit_hits(self) -> int:
+        """How often the worker's tasks have hit the pids cgroup's limit so far."""
+        cg = self.cgroups.get("pids")
+        return cg.counter("pids.events", "max") if cg is not None else 0
+
+    def kill_children(self, worker_pid: int, rounds: int = 20) -> int:
+        """Kill every process in the worker's cgroups but the worker itself; how many there were.
+
+        After a fork bomb the processes it left fill the worker's task limit, and the next cell
+        can't even start a thread; they are the cell's, and the worker keeps its variables."""
+        killed: set[int] = set()
+        for _ in range(rounds):
+            found = False
+            for cg in self.cgroups.values():
+                for p in cg.read("cgroup.procs").split():
+                    pid = int(p) if p.isdigit() else worker_pid
+                    if pid == worker_pid:
+                        continue
+                    found = True
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.add(pid)
+                    except ProcessLookupError:
+                        pass
+            if not found:
+                break
+            time.sleep(0.01)  # children forked while we killed are in the cgroup too: again
+        return sorted(killed)
+
     def restrict_devices(self, keep: list[str]) -> bool:
         """Deny the worker every accelerator device file it was given except ``keep`` (its lease).
 

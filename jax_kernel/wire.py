@@ -85,6 +85,7 @@ KERNEL_REQUESTS = frozenset(
         "interrupt",  # a set member: raise KeyboardInterrupt in the running cell (no signal crosses hosts)
         "heartbeat",  # a set member: the kernel is alive
         "setup",  # a set member: its config and environment, answered by the worker's "ready"
+        "reap",  # pids the kernel killed after a cell hit the task limit: wait for them (no zombies)
     }
     | JAX_REQUESTS
 )

@@ -342,6 +342,35 @@ def test_fork_bomb_is_contained(limited: Kernel) -> None:
     alive(limited)
 
 
+def test_after_a_fork_bomb_the_next_cell_runs(limited: Kernel) -> None:
+    """A bomb whose children never exit fills the task limit: the next cell could not even start
+    a thread ("can't start new thread") until a restart.  The kernel kills what the cell forked."""
+    need(limited, "process_limit")
+    limited.ok("kept = 'still here'")
+    res = limited.ok(
+        "import os, time\n"
+        "pids = []\n"
+        "try:\n"
+        "    while len(pids) < 5000:\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            time.sleep(3600); os._exit(0)\n"
+        "        pids.append(pid)\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print(len(pids))"
+    )
+    forked = int(res.stdout.split()[0])
+    assert forked > 0
+    assert "hit the sandbox's process limit" in res.stderr and "child processes were killed" in res.stderr
+    res = limited.ok(
+        "import threading\nt = threading.Thread(target=print, args=('thread ran',)); t.start(); t.join()\n"
+        "import jax.numpy as jnp\nprint(int(jnp.arange(4).sum()), kept)"
+    )
+    assert res.stdout.split("\n")[:2] == ["thread ran", "6 still here"], res.stdout
+    alive(limited)
+
+
 def _contained_memory(res) -> bool:
     text = evalue(res)
     return res.reply["status"] == "error" and (

@@ -21,6 +21,7 @@ import socket  # noqa: E402
 import sys  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def die_with_parent(expected_ppid: int) -> None:
@@ -28,6 +29,9 @@ def die_with_parent(expected_ppid: int) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # Orphans of what a cell forks come to us, not to init (which may never reap them: a
+        # zombie keeps counting against the worker's task limit); see the server's do_reap.
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     if expected_ppid and os.getppid() != expected_ppid:
         os._exit(1)
 

@@ -113,6 +113,7 @@ class WorkerServer:
             "comm": self.do_comm,
             "comm_info": self.do_comm_info,
             "shutdown": self.do_shutdown,
+            "reap": self.do_reap,
             "jax_load": self.do_jax,
             "jax_transform": self.do_jax,
             "jax_program": self.do_jax,
@@ -149,6 +150,20 @@ class WorkerServer:
                 return True
             if msg["type"] == "shutdown":
                 return False
+
+    def do_reap(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Wait for the processes the kernel killed after a fork bomb: until their parent (us, or
+        us as their subreaper) reaps them, they still count against the task limit."""
+        reaped = 0
+        for pid in msg.get("pids", [])[:100_000]:
+            if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+                continue
+            try:
+                os.waitpid(pid, 0)
+                reaped += 1
+            except ChildProcessError:
+                pass
+        return {"status": "ok", "reaped": reaped}
 
     # plumbing ---------------------------------------------------------------
     def _send_output(self, msg: dict[str, Any]) -> None:
