@@ -14,6 +14,7 @@ Downloads (issue 14): the same HTTP download of a file from a test host the benc
 (tests/testhost.py: its own network namespace and a veth pair; no other address is a target),
 in a fresh interpreter with the standard policy applied (so through the kernel's user-mode
 egress, slirp4netns) and with it off, interleaved; the egress itself is made once per kernel.
+Also the kernel's cost of Sandbox.active_outputs = sanitize on a 1 MB HTML output (issue 15).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def main() -> None:
         ws.release(wait=True)
 
     downloads = download_rounds(sandbox, 3 if args.quick else 7) if egress is not None else None
+    sanitize_ms, html_bytes = sanitize_cost(5 if args.quick else 20)
 
     def ms(xs: list[float]) -> str:
         xs = sorted(xs)
@@ -174,9 +176,30 @@ def main() -> None:
         print(
             f"| Download ratio egress/outside | {statistics.median(d_on) / statistics.median(d_off):.2f} | |"
         )
+    print(
+        f"| Sanitize (Sandbox.active_outputs) a {html_bytes / 1e6:.1f} MB HTML table, ms (median) "
+        f"| {sanitize_ms:.1f} | |"
+    )
     if unavailable:
         print()
         print("Unavailable here: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+
+
+def sanitize_cost(rounds: int) -> tuple[float, int]:
+    """Median ms to clean a 1 MB HTML output (a pandas-like table with a script and a handler)."""
+    from jax_kernel.active_outputs import sanitize_bundle
+
+    rows = "".join(
+        f"<tr><td class='n'>{i}</td><td>{i * 0.5}</td><td>row {i}</td></tr>" for i in range(20_000)
+    )
+    html = f"<style>td {{color: red}}</style><table class='dataframe'>{rows}</table><script>x()</script>"
+    html = html[: 1_000_000 - 20] + "</table>" if len(html) > 1_000_000 else html
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        sanitize_bundle({"text/html": html, "text/plain": "table"})
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), len(html)
 
 
 def download_rounds(sandbox: Sandbox, rounds: int) -> tuple[list[float], list[float], int] | str:

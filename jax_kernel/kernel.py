@@ -95,6 +95,7 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         self._output_ident: t.Any = None
         self._input_cancel: threading.Event | None = None
         self.manager.stream_limit = self.output_limit
+        self._sanitize_outputs = self.manager.sandbox.active_outputs_mode == "sanitize"
         self.manager.output_handler = self._publish_output
         self.manager.problem_handler = self._publish_problem
         self.manager.input_handler = self._relay_input_request
@@ -209,7 +210,18 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         fields = _OUTPUT_FIELDS.get(kind)
         if fields is None:
             return
-        self._publish(kind, {f: msg[f] for f in fields if f in msg})
+        content = {f: msg[f] for f in fields if f in msg}
+        if "data" in content and self._sanitize_outputs:
+            content["data"] = self._sanitized(content["data"])
+        self._publish(kind, content)
+
+    def _sanitized(self, data: t.Any) -> t.Any:
+        """A bundle without what would run in the browser (Sandbox.active_outputs, active_outputs.py)."""
+        if not isinstance(data, dict):
+            return data
+        from .active_outputs import sanitize_bundle
+
+        return sanitize_bundle(data)[0]
 
     def _publish_problem(self, text: str) -> None:
         self._publish("stream", {"name": "stderr", "text": f"[jax-kernel] {text}\n"})
@@ -455,7 +467,9 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
             return {
                 "status": "ok",
                 "found": bool(content.get("found")),
-                "data": _require(content, "data", dict),
+                "data": self._sanitized(_require(content, "data", dict))
+                if self._sanitize_outputs
+                else _require(content, "data", dict),
                 "metadata": _require(content, "metadata", dict),
             }
         except MalformedReply:

@@ -504,6 +504,22 @@ class Sandbox(LoggingConfigurable):
             raise TraitError(f"Sandbox.host_ports: {bad[0]} is not a TCP port (1-65535)")
         return list(proposal["value"])
 
+    active_outputs = Enum(
+        ["allow", "sanitize"],
+        None,
+        allow_none=True,
+        help="Outputs that run code in the browser (JavaScript, scripts and event handlers in HTML, "
+        "script-bearing SVG): allow them, as the stock kernel does, or sanitize (drop JavaScript, clean "
+        "HTML with nh3) before they reach the frontend, where JupyterLab runs the session's outputs with "
+        "the user's login. Default: sanitize under strict, allow under standard.",
+    ).tag(config=True)
+
+    @property
+    def active_outputs_mode(self) -> str:
+        if self.active_outputs is not None:
+            return self.active_outputs
+        return "sanitize" if self.profile == "strict" else "allow"
+
     writable_paths = List(
         Unicode(),
         help="Extra paths the worker may write, beyond the kernel's working directory, its private "
@@ -948,6 +964,11 @@ class Sandbox(LoggingConfigurable):
             "environment": "allowlist (Sandbox.env_allow, minus Sandbox.env_deny): kernel secrets, "
             "tokens, service URLs and connection paths stay out"
         }
+        if self.active_outputs_mode == "sanitize":
+            kernel_side["active_outputs"] = (
+                "sanitized by the kernel: JavaScript dropped, HTML cleaned (nh3), script-bearing SVG and "
+                "Markdown dropped (Sandbox.active_outputs)"
+            )
         if self.cpu_time_limit:
             kernel_side["cpu_time_limit"] = f"{self.cpu_time_limit:g} CPU s per cell (kernel-side watchdog)"
         policy: dict[str, Any] = {
@@ -1109,6 +1130,7 @@ class Sandbox(LoggingConfigurable):
             "profile": self.profile,
             "allow_network": self.network_allowed,
             "egress": self.egress if self.network_allowed else None,
+            "active_outputs": self.active_outputs_mode,
             "host_ports": list(self.host_ports),
             "memory_limit": parse_size(self.memory_limit, "memory_limit") if self.enabled else 0,
             "max_processes": self.max_processes,

@@ -63,8 +63,20 @@ CELLS = {
     "usage_pid": "import os\nos.getpid()",
     "usage_alloc": "import numpy as np\nusage_block = np.ones(40_000_000)  # 320 MB, every page touched\nusage_block.nbytes",
     "debug": "def double(v):\n    w = v * 2\n    return w\nprint('answer', double(21))",
+    # Uses the user's login (the page's token) to write a file through the server's REST API,
+    # as a script in a trusted output can: an HTML handler, a script tag and a JavaScript bundle.
+    "active": (
+        "from IPython.display import HTML, Javascript, display\n"
+        "attack = (\"const t = JSON.parse(document.getElementById('jupyter-config-data').textContent).token;\"\n"
+        "          \"fetch('/api/contents/' + NAME + '?token=' + t, {method: 'PUT', body: JSON.stringify(\"\n"
+        "          \"{type: 'file', format: 'text', content: 'written by a cell output'})});\")\n"
+        "display(HTML('<b>html stays</b><img src=x onerror=\"' + attack.replace('NAME', \"'pwned-img.txt'\") + '\">'))\n"
+        "display(HTML('<script>' + attack.replace('NAME', \"'pwned-script.txt'\") + '</script>'))\n"
+        "display(Javascript(attack.replace('NAME', \"'pwned-js.txt'\")))"
+    ),
 }
 ORDER = list(CELLS)
+LAB_ROOT: Path | None = None  # the server's root folder, once the lab fixture has made it
 
 
 #: jupyter-resource-usage's units: binary, as its labels use them.
@@ -101,8 +113,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "browser.ipynb").write_text(json.dumps(notebook))
     port = _free_port()
     (root / "config").mkdir()
+    # Every browser test runs with active outputs sanitized: the widgets, plots, progress bars and
+    # rich views below must work under it, and the "active" cell's scripts must not run.
+    config = "c.Sandbox.active_outputs = 'sanitize'\n"
     if os.environ.get("JAX_KERNEL_BROWSER_DEBUG"):
-        (root / "config" / "jax_kernel_config.py").write_text("c.Application.log_level = 'DEBUG'\n")
+        config += "c.Application.log_level = 'DEBUG'\n"
+    (root / "config" / "jax_kernel_config.py").write_text(config)
     env = {
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(root / "config"),
@@ -129,6 +145,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     log_text = (root / "lab.log").read_text()[-3000:]
                     raise RuntimeError(f"JupyterLab did not start:\n{log_text}") from None
                 time.sleep(0.2)
+        global LAB_ROOT
+        LAB_ROOT = root
         yield f"http://127.0.0.1:{port}/lab/tree/browser.ipynb?token={TOKEN}"
     finally:
         server.terminate()
@@ -384,3 +402,13 @@ def test_visual_debugger_stops_at_a_breakpoint_and_shows_the_workers_variables(p
     toggle.click()
     playwright_api.expect(toggle).to_have_attribute("aria-pressed", "false")
     shot(page, "debugger_done")
+
+
+def test_a_cells_scripts_do_not_run_under_sanitize(page: Any) -> None:
+    out = run(page, "active").locator(".jp-OutputArea-output")
+    playwright_api.expect(out.first).to_contain_text("html stays")
+    page.wait_for_timeout(3000)  # a fetch that ran would have written its file by now
+    assert LAB_ROOT is not None
+    assert sorted(p.name for p in LAB_ROOT.glob("pwned-*")) == []
+    playwright_api.expect(out.last).to_contain_text("would run in the browser")
+    shot(page, "active")
