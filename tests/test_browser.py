@@ -119,6 +119,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("JAX_KERNEL_BROWSER_DEBUG"):
         config += "c.Application.log_level = 'DEBUG'\n"
     (root / "config" / "jax_kernel_config.py").write_text(config)
+    # And over CurveZMQ: the server refuses kernels that can't encrypt (jupyter_client 8.9+).
+    (root / "config" / "jupyter_server_config.py").write_text(
+        "c.KernelManager.transport_encryption = 'required'\n"
+    )
     env = {
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(root / "config"),
@@ -412,3 +416,11 @@ def test_a_cells_scripts_do_not_run_under_sanitize(page: Any) -> None:
     assert sorted(p.name for p in LAB_ROOT.glob("pwned-*")) == []
     playwright_api.expect(out.last).to_contain_text("would run in the browser")
     shot(page, "active")
+
+
+def test_the_kernel_ran_over_curve() -> None:
+    """The server was told to require transport encryption, and this kernel met it."""
+    assert LAB_ROOT is not None
+    log = (LAB_ROOT / "lab.log").read_text()
+    assert "without encryption" not in log, log[-2000:]
+    assert "does not declare 'curve'" not in log
