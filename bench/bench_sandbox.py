@@ -14,7 +14,9 @@ Downloads (issue 14): the same HTTP download of a file from a test host the benc
 (tests/testhost.py: its own network namespace and a veth pair; no other address is a target),
 in a fresh interpreter with the standard policy applied (so through the kernel's user-mode
 egress, slirp4netns) and with it off, interleaved; the egress itself is made once per kernel.
-Also the kernel's cost of Sandbox.active_outputs = sanitize on a 1 MB HTML output (issue 15).
+Also (issue 15) writing 1,000 small files and a 1 GiB file in a notebook folder with the policy
+applied vs off (target ratio <= 1.10), and the kernel's cost of Sandbox.active_outputs = sanitize
+on a 1 MB HTML output.
 """
 
 from __future__ import annotations
@@ -76,6 +78,27 @@ n = len(urllib.request.urlopen(sys.argv[2], timeout=60).read())
 print(json.dumps({"mb_per_s": n / (time.perf_counter() - t0) / 1e6, "bytes": n}))
 """
 
+FILES = """
+import json, os, sys, time
+from jax_kernel.worker import sandbox
+sandbox.apply(json.loads(sys.argv[1]))
+folder = sys.argv[2]
+os.chdir(folder)
+t0 = time.perf_counter()
+os.mkdir("small")
+for i in range(1000):
+    with open(f"small/f{i}.txt", "w") as f:
+        f.write("x" * 100)
+small = time.perf_counter() - t0
+chunk = b"y" * (1 << 20)
+t0 = time.perf_counter()
+with open("big.bin", "wb") as f:
+    for _ in range(1024):
+        f.write(chunk)
+big = time.perf_counter() - t0
+print(json.dumps({"small_s": small, "big_s": big}))
+"""
+
 
 def run(code: str, policy: dict, *args: str) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -122,6 +145,7 @@ def main() -> None:
 
     downloads = download_rounds(sandbox, 3 if args.quick else 7) if egress is not None else None
     sanitize_ms, html_bytes = sanitize_cost(5 if args.quick else 20)
+    files_on, files_off = file_rounds(sandbox, 3 if args.quick else 7)
 
     def ms(xs: list[float]) -> str:
         xs = sorted(xs)
@@ -176,6 +200,15 @@ def main() -> None:
         print(
             f"| Download ratio egress/outside | {statistics.median(d_on) / statistics.median(d_off):.2f} | |"
         )
+    for key, what in (("small_s", "1,000 small files in the notebook folder"), ("big_s", "a 1 GiB file")):
+        on_s, off_s = (
+            statistics.median(r[key] for r in files_on),
+            statistics.median(r[key] for r in files_off),
+        )
+        print(
+            f"| Write {what}, s, sandbox on / off (median of {len(files_on)}) "
+            f"| {on_s:.3f} / {off_s:.3f} (ratio {on_s / off_s:.2f}) | <= 1.10 |"
+        )
     print(
         f"| Sanitize (Sandbox.active_outputs) a {html_bytes / 1e6:.1f} MB HTML table, ms (median) "
         f"| {sanitize_ms:.1f} | |"
@@ -183,6 +216,27 @@ def main() -> None:
     if unavailable:
         print()
         print("Unavailable here: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+
+
+def file_rounds(sandbox: Sandbox, rounds: int) -> tuple[list[dict], list[dict]]:
+    """Writes in a notebook folder with the standard policy applied (Landlock's ordinary-files-only
+    rules among them) and with it off, interleaved; a fresh folder each time."""
+    import shutil
+    import tempfile
+
+    on: list[dict] = []
+    off: list[dict] = []
+    for i in range(rounds):
+        for results, sandboxed in [(on, True), (off, False)] if i % 2 == 0 else [(off, False), (on, True)]:
+            folder = tempfile.mkdtemp(prefix="jax-kernel-bench-nb-", dir="/var/tmp")
+            try:
+                ws = sandbox.prepare_worker(cwd=folder) if sandboxed else None
+                results.append(run(FILES, ws.policy if ws else {"profile": "off"}, folder))
+                if ws is not None:
+                    ws.release(wait=True)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+    return on, off
 
 
 def sanitize_cost(rounds: int) -> tuple[float, int]:
