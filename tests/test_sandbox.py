@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Kernel, kernel_command_line, request, start_kernel, stop_kernel
@@ -58,7 +59,10 @@ def secret_dir(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def limited(secret_dir: Path, workdir: Path) -> Iterator[Kernel]:
     """A standard-profile kernel with small limits set by the test, as a deployer would."""
+    notebooks = workdir / "notebooks"
+    notebooks.mkdir(exist_ok=True)
     km, kc = start_kernel(
+        cwd=str(notebooks),
         extra_arguments=[
             "--Sandbox.memory_limit=1G",
             f"--Sandbox.max_file_size={FILE_LIMIT}",
@@ -73,8 +77,10 @@ def limited(secret_dir: Path, workdir: Path) -> Iterator[Kernel]:
 
 
 @pytest.fixture(scope="module")
-def strict() -> Iterator[Kernel]:
-    km, kc = start_kernel(extra_arguments=["--Sandbox.profile=strict"])
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    km, kc = start_kernel(
+        extra_arguments=["--Sandbox.profile=strict"], cwd=str(tmp_path_factory.mktemp("nb"))
+    )
     yield Kernel(km, kc)
     stop_kernel(km, kc)
 
@@ -92,6 +98,13 @@ def need(k: Kernel, *protections: str) -> dict:
         if p not in info.get("active", {}):
             pytest.skip(f"{p} unavailable on this host: {info.get('unavailable', {}).get(p, 'not applied')}")
     return info
+
+
+def refused(res: Any) -> None:
+    """The cell failed on a write the sandbox does not allow: Landlock's EACCES, or EROFS where
+    the path is on the worker's read-only view of the host."""
+    assert res.reply["status"] == "error", res.outputs
+    assert res.reply["ename"] == "PermissionError" or "[Errno 30]" in res.reply["evalue"], evalue(res)
 
 
 def alive(k: Kernel) -> None:
@@ -133,8 +146,7 @@ def test_worker_environment_is_scrubbed(limited: Kernel) -> None:
 def test_write_outside_allowed_paths_is_refused(limited: Kernel, outside: Path) -> None:
     need(limited, "filesystem")
     target = outside / "escaped.txt"
-    res = limited.run(f"open({str(target)!r}, 'w').write('escaped')")
-    assert res.reply["ename"] == "PermissionError", evalue(res)
+    refused(limited.run(f"open({str(target)!r}, 'w').write('escaped')"))
     assert not target.exists()
     # The working directory (the notebook's folder) and the private temp dir stay writable.
     limited.ok(
@@ -191,7 +203,7 @@ def test_code_and_dotfiles_inside_writable_folders_stay_read_only(limited: Kerne
     alive(limited)
 
 
-def test_xla_threads_are_under_the_same_restrictions(limited: Kernel, outside: Path) -> None:
+def test_xla_threads_are_under_the_same_restrictions(limited: Kernel, outside: Path, workdir: Path) -> None:
     need(limited, "filesystem")
     target = outside / "from-xla-thread.txt"
     fresh_worker(limited)
@@ -199,19 +211,26 @@ def test_xla_threads_are_under_the_same_restrictions(limited: Kernel, outside: P
         "import threading, jax, jax.numpy as jnp\n"
         "jax.config.update('jax_num_cpu_devices', 2)\n"
         "main, seen = threading.get_native_id(), {}\n"
+        "import os\n"
         "def escape(x):\n"
+        "    r = []\n"
         "    try:\n"
-        f"        open({str(target)!r}, 'w').write('escaped'); r = 'written'\n"
+        f"        open({str(target)!r}, 'w').write('escaped'); r.append('written')\n"
+        "    except OSError as e:  # EROFS: outside the writable folders the host is read-only\n"
+        "        r.append(e.errno)\n"
+        "    try:  # the mount is writable here: Landlock alone refuses a symlink\n"
+        "        os.symlink('/etc/passwd', 'xla-link'); r.append('linked')\n"
         "    except PermissionError:\n"
-        "        r = 'refused'\n"
-        "    seen[threading.get_native_id()] = r\n"
+        "        r.append('refused')\n"
+        "    seen[threading.get_native_id()] = tuple(r)\n"
         "    return x\n"
         "f = jax.pmap(lambda x: jax.pure_callback(escape, jax.ShapeDtypeStruct(x.shape, x.dtype), x))\n"
         "f(jnp.ones((2, 3))).block_until_ready()\n"
         "print(sorted(set(seen.values())), any(t != main for t in seen))"
     )
-    assert res.stdout.strip() == "['refused'] True", res.stdout
+    assert res.stdout.strip() == "[(30, 'refused')] True", res.stdout
     assert not target.exists()
+    assert not os.path.lexists(workdir / "notebooks" / "xla-link")
     alive(limited)
 
 
@@ -280,10 +299,11 @@ def test_root_worker_cannot_chmod_system_files(limited: Kernel) -> None:
 
 @pytest.mark.parametrize("profile", ["standard", "strict"])
 def test_no_acl_or_xattr_opens_a_host_file(profile: str, request: pytest.FixtureRequest) -> None:
-    """Landlock does not govern setxattr: as uid 0 a POSIX ACL made a root-owned 0600 file in a
-    folder the worker can't write readable by everyone (/etc/shadow, say)."""
+    """Landlock does not govern setxattr or utime: as uid 0 a POSIX ACL made a root-owned 0600
+    file in a folder the worker can't write readable by everyone (/etc/shadow, say), and its
+    times could be set back.  The worker's / is read-only; the notebook folder is bound back."""
     k = request.getfixturevalue("limited" if profile == "standard" else "strict")
-    need(k, "seccomp")
+    need(k, "seccomp", "readonly_root")
     import tempfile
 
     # /var/tmp: the worker sees it (its /tmp is private) and may not write it.
@@ -310,12 +330,27 @@ def test_no_acl_or_xattr_opens_a_host_file(profile: str, request: pytest.Fixture
         "except OSError as e:\n"
         "    out['own'] = e.errno\n"
         "shutil.copy2(own, own + '-copy')  # copies without its xattrs, no error\n"
+        f"for name, path in (('utime', {str(secret)!r}), ('own_utime', 'nb-file')):\n"
+        "    open('nb-file', 'w').close()  # in the notebook folder\n"
+        "    try:\n"
+        "        os.utime(path, (0, 0)); out[name] = 'set'\n"
+        "    except OSError as e:\n"
+        "        out[name] = e.errno\n"
+        "os.unlink('nb-file')\n"
         "print(out)"
     )
     assert res.reply["status"] == "ok", evalue(res)
-    assert eval(res.stdout) == {"system.posix_acl_access": 1, "user.note": 1, "own": 1}  # noqa: S307
+    # setxattr: EPERM from seccomp; utime: EROFS, the host is read-only outside writable folders
+    assert eval(res.stdout) == {  # noqa: S307
+        "system.posix_acl_access": 1,
+        "user.note": 1,
+        "own": 1,
+        "utime": 30,
+        "own_utime": "set",
+    }
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert os.listxattr(secret) == []
+    assert secret.stat().st_mtime > 0
     alive(k)
 
 

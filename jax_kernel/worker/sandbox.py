@@ -33,6 +33,7 @@ import ctypes
 import errno
 import itertools
 import os
+import re
 import resource
 import stat
 import struct
@@ -59,8 +60,22 @@ PR_SET_DUMPABLE = 4
 _ARCH = os.uname().machine
 # (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self, seccomp, capset) per arch.
 _SYSCALLS = {
-    "x86_64": {"ll_create": 444, "ll_add": 445, "ll_restrict": 446, "seccomp": 317, "capset": 126},
-    "aarch64": {"ll_create": 444, "ll_add": 445, "ll_restrict": 446, "seccomp": 277, "capset": 91},
+    "x86_64": {
+        "ll_create": 444,
+        "ll_add": 445,
+        "ll_restrict": 446,
+        "seccomp": 317,
+        "capset": 126,
+        "mount_setattr": 442,
+    },
+    "aarch64": {
+        "ll_create": 444,
+        "ll_add": 445,
+        "ll_restrict": 446,
+        "seccomp": 277,
+        "capset": 91,
+        "mount_setattr": 442,
+    },
 }
 
 
@@ -190,6 +205,75 @@ def _write(path: str, text: str) -> None:
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
+MOUNT_ATTR_RDONLY = 0x1
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _mount_setattr(path: str, recursive: bool, set_: int = 0, clear: int = 0) -> None:
+    attr = _MountAttr(set_, clear, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    if (
+        _libc.syscall(
+            _sys("mount_setattr"), AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
+        )
+        != 0
+    ):
+        raise _err(f"mount_setattr({path})")
+
+
+def _readonly_mounts() -> list[str]:
+    """Mount points (as /proc/self/mountinfo names them) that are read-only now."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if "ro" in fields[5].split(","):
+                # mountinfo escapes blanks and backslashes as octal
+                found.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return found
+
+
+def _readonly_root(writable: list[str]) -> list[str]:
+    """Make every mount read-only (recursively, from ``/``), then bind the ``writable`` folders
+    back read-write, each at its own path; return the folders bound back.
+
+    Landlock governs opening and creating files, not their metadata: as root a POSIX ACL
+    (``setxattr``), ``utime`` or a ``user.*`` xattr changed files in folders the worker could not
+    write.  A read-only mount refuses them all (EROFS), whoever the caller is.  A mount that was
+    read-only before stays so inside a writable folder too.
+    """
+    already_ro = set(_readonly_mounts())
+    folders: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in writable}, key=len):
+        if os.path.isdir(path) and not any(_is_within(path, f) for f in folders):
+            folders.append(path)
+    fds = {path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in folders}
+    cwd = os.getcwd()
+    try:
+        _mount_setattr("/", True, set_=MOUNT_ATTR_RDONLY)
+        for path, fd in fds.items():
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            _mount_setattr(path, True, clear=MOUNT_ATTR_RDONLY)
+            for point in already_ro:
+                if _is_within(point, path):
+                    _mount_setattr(point, False, set_=MOUNT_ATTR_RDONLY)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    # The working directory still points into the mount it was on (now read-only): look it up
+    # again, so that it is the writable bind when it is a writable folder.
+    os.chdir(cwd)
+    return folders
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -254,8 +338,25 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
         report.data["network"] = egress["host"]
     masked: list[str] = []
     if not mounts:
+        report.unavailable(
+            "readonly_root", f"no mount namespace, so the host's files keep writable metadata ({why})"
+        )
         return masked
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
+    fs = policy.get("fs", {})
+    # The host's shared memory, when accelerators use it and /dev can't be private (NCCL).
+    shm = ["/dev/shm"] if "/dev/shm" in fs.get("devices", []) else []
+    try:
+        back = _readonly_root([*fs.get("writable", []), *shm])
+        report.active(
+            "readonly_root",
+            f"mount namespace: / and every mount beneath it read-only, only {back} bound back "
+            "writable: extended attributes, ACLs, times and modes of every other file fail (EROFS)",
+        )
+    except (Unavailable, OSError) as e:
+        report.unavailable(
+            "readonly_root", f"the host's files keep writable metadata (xattr, ACL, utime): {e}"
+        )
     readonly = []
     for path in policy.get("fs", {}).get("readonly", []):
         try:
@@ -332,6 +433,7 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
         f"mount namespace: {len(masked)} paths covered by empty mode-000 mounts{dev}; "
         f"{len(readonly)} paths inside writable folders kept read-only (code, config, dot-files){tmp_note}"
     )
+    os.chdir(os.getcwd())  # into the topmost mount there, as a process started now would be
     return masked
 
 
