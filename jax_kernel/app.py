@@ -63,6 +63,10 @@ class JaxKernelApp(IPKernelApp):
 
     subcommands = {  # type: ignore[assignment]
         "install": ("jax_kernel.kernelspec.InstallJaxKernelSpecApp", "Install the jax kernelspec"),
+        "selftest": (
+            "jax_kernel.selftest.SelfTestApp",
+            "Run the sandbox's attack battery against the installed kernel and print what was contained",
+        ),
     }
 
     @classmethod

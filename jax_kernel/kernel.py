@@ -99,6 +99,8 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         self.manager.output_handler = self._publish_output
         self.manager.problem_handler = self._publish_problem
         self.manager.input_handler = self._relay_input_request
+        self.manager.selftest_handler = self._start_selftest
+        self._selftest: asyncio.Future[None] | None = None
         self.manager.exit_handler = self._worker_gone
         self._usage_probe = usage.UsageProbe()
         self._open_comms: dict[str, str] = {}  # comm_id -> target_name, as the frontend sees them
@@ -283,6 +285,40 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
             if isinstance(info, dict) and isinstance(info.get("target_name"), str)
         }
         self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident)
+
+    # %sandbox --selftest -----------------------------------------------------------------
+    def _start_selftest(self) -> None:
+        if self._selftest is not None and not self._selftest.done():
+            self._publish_problem("a self-test is already running; wait for its table")
+            self.manager.send_selftest_done(2)
+            return
+        self._selftest = asyncio.ensure_future(self._run_selftest())
+
+    async def _run_selftest(self) -> None:
+        """Run ``python -m jax_kernel selftest`` with this kernel's profile, outside every sandbox
+        and in a process of its own (the battery starts its own kernel: the user's worker and its
+        variables are not attacked), and relay its lines to the cell that asked."""
+        status = 2
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "jax_kernel",
+                "selftest",
+                "--profile",
+                self.manager.sandbox.profile,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            assert proc.stdout is not None
+            async for line in proc.stdout:
+                self._publish("stream", {"name": "stdout", "text": line.decode(errors="replace")})
+            status = await proc.wait()
+        except OSError as e:
+            self._publish_problem(f"the self-test could not start: {e}")
+        finally:
+            self.manager.send_selftest_done(status)
 
     # stdin ------------------------------------------------------------------------------
     def _relay_input_request(self, msg: dict[str, t.Any]) -> None:

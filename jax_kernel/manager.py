@@ -177,6 +177,7 @@ class WorkerManager(LoggingConfigurable):
         self.problem_handler: Callable[[str], None] = lambda text: None
         self.exit_handler: Callable[[], None] = lambda: None  # the current worker is gone
         self.input_handler: Callable[[dict[str, Any]], None] = lambda msg: None
+        self.selftest_handler: Callable[[], None] = lambda: self.send_selftest_done(2)
         self.debug_event_handler: Callable[[dict[str, Any]], None] = lambda event: None
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[WorkerProcess, asyncio.Future[dict[str, Any]], str]] = {}
@@ -670,6 +671,11 @@ class WorkerManager(LoggingConfigurable):
                 return req_id, worker
         return None
 
+    def send_selftest_done(self, status: int) -> None:
+        """Tell the worker waiting in ``%sandbox --selftest`` how the self-test ended."""
+        if self.worker is not None:
+            self.worker.send({"type": "selftest_done", "id": 0, "status": status})
+
     def send_input_reply(self, value: str) -> None:
         """Answer the worker's pending ``input()``."""
         if self.worker is not None:
@@ -749,6 +755,8 @@ class WorkerManager(LoggingConfigurable):
         elif worker is self.worker:
             if kind == "input_request":
                 self.input_handler(msg)
+            elif kind == "selftest":
+                self.selftest_handler()
             elif kind == "debug_event":
                 self.debug_event_handler(msg["content"])
             else:

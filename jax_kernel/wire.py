@@ -53,6 +53,9 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     # where it runs, its launcher rank (-1: none) and a free port it would serve JAX's coordinator on.
     "hello": {"pid": int, "protocol": int, "host": str, "rank": int, "port": int},
     "heartbeat": {},  # a set member is alive (sent every ProcessSet.heartbeat_interval)
+    # ``%sandbox --selftest``: run the attack battery (jax_kernel.selftest) in a process of the
+    # kernel's and relay its table to the running cell; answered by "selftest_done".
+    "selftest": {},
 }
 
 OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -85,6 +88,7 @@ KERNEL_REQUESTS = frozenset(
         "interrupt",  # a set member: raise KeyboardInterrupt in the running cell (no signal crosses hosts)
         "heartbeat",  # a set member: the kernel is alive
         "setup",  # a set member: its config and environment, answered by the worker's "ready"
+        "selftest_done",  # the self-test the worker asked for ended: its exit status
         "reap",  # pids the kernel killed after a cell hit the task limit: wait for them (no zombies)
     }
     | JAX_REQUESTS

@@ -38,7 +38,7 @@ import resource
 import stat
 import struct
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 #: Exit code of a worker that refuses to start because the strict profile can't be met.
@@ -1247,11 +1247,24 @@ def apply(policy: dict[str, Any] | None) -> dict[str, Any]:
     return report.data
 
 
-def register_magic(shell: Any) -> None:
-    """``%sandbox``: show which protections are active and which are unavailable, and why."""
+def register_magic(shell: Any, selftest: Callable[[], int] | None = None) -> None:
+    """``%sandbox``: show which protections are active and which are unavailable, and why;
+    ``%sandbox --selftest``: have the kernel run the attack battery and show what it contained."""
 
     def sandbox(line: str = "") -> None:
-        print(format_report())
+        from IPython.core.error import UsageError
+
+        arg = line.strip()
+        if not arg:
+            print(format_report())
+            return
+        if arg != "--selftest" or selftest is None:
+            raise UsageError(f"%sandbox takes no argument or --selftest, not {arg!r}")
+        status = selftest()
+        if status == 1:
+            raise RuntimeError("the self-test found attacks the sandbox did not contain: see the table above")
+        if status:
+            raise RuntimeError("the self-test could not run: see the lines above")
 
     shell.register_magic_function(sandbox, "line", "sandbox")
 

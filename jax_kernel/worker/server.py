@@ -76,7 +76,7 @@ class WorkerServer:
         self.comm_manager = comms.install(conn.send)
         jaxdisplay.register(self.shell)
         self.compile_notice = compile_notice.install(conn.send)
-        sandbox.register_magic(self.shell)
+        sandbox.register_magic(self.shell, selftest=self.selftest)
         self.shell.user_ns.update(config.get("user_ns", {}))
         self._configure(config)
         builtins.input = self.raw_input
@@ -233,6 +233,24 @@ class WorkerServer:
         while True:
             msg = self.concurrent.get()
             self._answer(self.concurrent_handlers[msg["type"]], msg)
+
+    # %sandbox --selftest ----------------------------------------------------
+    def selftest(self) -> int:
+        """Ask the kernel to run the self-test (it prints the table into this cell); its exit status."""
+        self.stdout.flush()
+        self.stderr.flush()
+        self.interruptible = False
+        try:
+            self.conn.send({"type": "selftest"})
+            while True:
+                if self.pending_interrupt:
+                    self.pending_interrupt = False
+                    raise KeyboardInterrupt("Interrupted by user (the self-test goes on in the kernel)")
+                msg = self.inbox.get(timeout=0.1)
+                if msg is not None and msg["type"] == "selftest_done":
+                    return int(msg.get("status", 2))
+        finally:
+            self.interruptible = True
 
     # stdin ------------------------------------------------------------------
     def _input_request(self, prompt: str, password: bool) -> str:
