@@ -21,7 +21,7 @@ from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, defau
 from traitlets.config import LoggingConfigurable
 
 from . import jaxspec, wire
-from .accelerators import Accelerators, Lease, LeaseError, device_files, pin_env, pin_tasks
+from .accelerators import Accelerators, Lease, LeaseError, pin_env, pin_tasks
 from .importpath import SAFE_PATH_ENV
 from .process import Spawned, WorkerProcess, default_worker_argv, describe_exit, spawn
 from .processes import ProcessSet, WorkerSet
@@ -270,8 +270,7 @@ class WorkerManager(LoggingConfigurable):
         lease = self.lease
         if lease is None or worker.sandbox is None:
             return
-        keep = device_files(lease.platform, lease.devices)
-        if keep is not None and not worker.sandbox.restrict_devices(keep):
+        if not worker.sandbox.restrict_to_lease(lease.platform, lease.devices) and lease.platform != "cpu":
             self.log.debug(
                 "No devices cgroup for worker %s: its lease is kept by its environment", worker.pid
             )
@@ -588,7 +587,6 @@ class WorkerManager(LoggingConfigurable):
         if kind == "execute" or kind in wire.JAX_REQUESTS or (kind == "comm" and not busy):
             # A widget's message between cells is its own "cell": its replies get a fresh budget.
             worker.stream_budget.reset(self.stream_limit + 1024)  # room for the worker's own notice
-        limit_hits = worker.sandbox.process_limit_hits() if kind == "execute" and worker.sandbox else 0
         worker.send({"type": kind, "id": req_id, **content})
         watchdog = None
         if kind == "execute" and self.sandbox.enabled and self.sandbox.cpu_time_limit > 0:
@@ -599,7 +597,7 @@ class WorkerManager(LoggingConfigurable):
             self._pending.pop(req_id, None)
             if watchdog is not None:
                 watchdog.cancel()
-            if kind == "execute" and worker.sandbox and worker.sandbox.process_limit_hits() > limit_hits:
+            if kind == "execute" and worker.sandbox and worker.sandbox.new_process_limit_hits() > 0:
                 self._after_process_limit(worker)
 
     def _after_process_limit(self, worker: WorkerProcess) -> None:

@@ -116,6 +116,10 @@ class PrivateNetwork:
         """What a member opens to join the namespace."""
         return f"/proc/{self._proc.pid}/ns/net"
 
+    def alive(self) -> bool:
+        """The holder still runs (the namespace's path still names it)."""
+        return self._proc.poll() is None
+
     def close(self) -> None:
         """End the holder; the namespace goes when its last member has left."""
         for s in self.listeners:
@@ -251,7 +255,7 @@ class Egress:
         )
 
     def alive(self) -> bool:
-        return self._slirp is not None and self._slirp.poll() is None and self.network._proc.poll() is None
+        return self._slirp is not None and self._slirp.poll() is None and self.network.alive()
 
     def close(self) -> None:
         self._forwarder.close()

@@ -491,14 +491,10 @@ class WorkerSet:
 
     def _restrict_devices(self, ws: Any, local_rank: int) -> None:
         """A local member opens only its own slice's accelerator device files (a devices cgroup)."""
-        from .accelerators import device_files
-
-        if self.lease is None or self.lease.platform == "cpu":
+        if self.lease is None:
             return
         k = self.devices_per_process
-        keep = device_files(self.lease.platform, self.lease.devices[local_rank * k : (local_rank + 1) * k])
-        if keep is not None:
-            ws.restrict_devices(keep)
+        ws.restrict_to_lease(self.lease.platform, self.lease.devices[local_rank * k : (local_rank + 1) * k])
 
     # reading ------------------------------------------------------------------------
     def _frame(self, m: Member, msg: dict[str, Any]) -> None:

@@ -346,6 +346,7 @@ class WorkerSandbox:
     policy: dict[str, Any]
     cgroups: dict[str, Cgroup] = field(default_factory=dict)
     report: dict[str, Any] | None = None
+    limit_hits_seen: int = 0  # pids.events "max" when last read (see new_process_limit_hits)
 
     def restrict_cpus(self, cores: list[int]) -> bool:
         """Narrow the worker's cpuset to its leased cores: Linux then keeps every affinity it sets
@@ -364,6 +365,13 @@ class WorkerSandbox:
         """How often the worker's tasks have hit the pids cgroup's limit so far."""
         cg = self.cgroups.get("pids")
         return cg.counter("pids.events", "max") if cg is not None else 0
+
+    def new_process_limit_hits(self) -> int:
+        """Hits of the task limit since the last call: one read of pids.events per cell, after it
+        (a fork refused between cells, from a widget's callback, is counted after the next cell)."""
+        now = self.process_limit_hits()
+        new, self.limit_hits_seen = now - self.limit_hits_seen, now
+        return new
 
     def kill_children(self, worker_pid: int, rounds: int = 20) -> int:
         """Kill every process in the worker's cgroups but the worker itself; how many there were.
@@ -388,6 +396,15 @@ class WorkerSandbox:
                 break
             time.sleep(0.01)  # children forked while we killed are in the cgroup too: again
         return sorted(killed)
+
+    def restrict_to_lease(self, platform: str, devices: Sequence[int]) -> bool:
+        """Keep the worker out of every accelerator but ``devices`` of ``platform`` (its lease, or a
+        set member's slice of it); False where that can't be enforced from outside (CPU, ROCm, no
+        devices cgroup) and the lease is kept by the environment alone."""
+        from .accelerators import device_files
+
+        keep = device_files(platform, list(devices))
+        return keep is not None and self.restrict_devices(keep)
 
     def restrict_devices(self, keep: list[str]) -> bool:
         """Deny the worker every accelerator device file it was given except ``keep`` (its lease).
@@ -642,6 +659,7 @@ class Sandbox(LoggingConfigurable):
         self._runtime: frozenset[str] | None = None
         self._live: set[WorkerSandbox] = set()
         self._egress: Egress | None = None
+        self._resolv_written_for: Egress | None = None  # the egress whose resolv.conf is on disk
         self._egress_error: str | None = None
         atexit.register(self._release_all)
 
@@ -1055,8 +1073,10 @@ class Sandbox(LoggingConfigurable):
         policy["egress"] = {"describe": egress.describe()}
         if egress.resolv_conf is not None:
             path = os.path.join(state, "resolv.conf")
-            with open(path, "w") as f:
-                f.write(egress.resolv_conf)
+            if self._resolv_written_for is not egress:  # once per egress, not per worker
+                with open(path, "w") as f:
+                    f.write(egress.resolv_conf)
+                self._resolv_written_for = egress
             policy["fs"]["resolv_conf"] = path
 
     def user_mode_egress(self) -> Egress | None:
