@@ -236,6 +236,7 @@ class WorkerManager(LoggingConfigurable):
         """A set of worker processes placed by an ipyparallel launcher (see :mod:`jax_kernel.processes`)."""
         assert self._loop is not None
         options = self.processes
+        group = self.sandbox.prepare_group()  # one memory and task budget for all its local members
         return WorkerSet(
             count=settings["processes"],
             launcher=settings.get("launcher") or options.launcher,
@@ -243,8 +244,9 @@ class WorkerManager(LoggingConfigurable):
             platform=settings.get("platform") or self.accelerators.host_platform(),
             config=config,
             env={**self._base_env(), **env},
-            prepare_sandbox=self._prepare_sandbox,
+            prepare_sandbox=lambda: self._prepare_sandbox(group),
             release_sandbox=self.sandbox.worker_exited,
+            on_closed=lambda: self.sandbox.release_group(group),
             lease_local=self._lease_for_set,
             options=options,
             **self._wiring(),
@@ -284,12 +286,13 @@ class WorkerManager(LoggingConfigurable):
         allowed = self.sandbox.accelerators if self.sandbox.enabled else "all"
         return self.accelerators.acquire(platform, count, allowed)
 
-    def _prepare_sandbox(self) -> Any:
-        """One worker's sandbox: the policy, its cgroups, and the compilation cache it may write."""
+    def _prepare_sandbox(self, group: dict[str, Any] | None = None) -> Any:
+        """One worker's sandbox: the policy, its cgroups (inside a set's ``group``), and the
+        compilation cache it may write."""
         shared = (
             (self.compilation_cache_dir, self.compilation_cache_folder()) if self.compilation_cache else None
         )
-        return self.sandbox.prepare_worker(shared_cache=shared)
+        return self.sandbox.prepare_worker(shared_cache=shared, group=group)
 
     def compilation_cache_folder(self) -> str:
         """This notebook's folder of the compilation cache: one per working directory and profile.

@@ -236,6 +236,7 @@ class WorkerSet:
         env: dict[str, str],
         prepare_sandbox: Callable[[], Any],
         release_sandbox: Callable[[Any], None],
+        on_closed: Callable[[], None] = lambda: None,
         lease_local: Callable[[str, int], Any],
         options: ProcessSet,
         max_frame: int,
@@ -255,6 +256,7 @@ class WorkerSet:
         self.log = log
         self._config, self._env = config, env
         self._prepare_sandbox, self._release_sandbox = prepare_sandbox, release_sandbox
+        self._on_closed = on_closed  # after the members' sandboxes: the set's parent cgroups
         self._lease_local = lease_local
         self.lease: Any = None  # devices leased on this host for the members that run here
         self._options = options
@@ -867,6 +869,7 @@ class WorkerSet:
         for m in self.members:
             if m.sandbox is not None:
                 self._release_sandbox(m.sandbox)
+        self._on_closed()
         if self.lease is not None:
             self.lease.release()
         self._diag = self._read_output()

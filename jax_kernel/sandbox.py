@@ -261,7 +261,15 @@ class Cgroup:
         return self.counter("memory.events", "oom_kill")
 
     def release(self, tries: int = 50) -> None:
-        """Kill what the worker left in it, then remove it."""
+        """Kill what the worker left in it, then remove it (and first the workers' cgroups in it,
+        for a set's parent cgroup)."""
+        try:
+            children = [e.path for e in os.scandir(self.path) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            children = []
+        for child in children:
+            if os.path.basename(child).startswith("jax-kernel-"):
+                Cgroup(self.controller, child, self.version).release(tries)
         for _ in range(tries):
             pids = [int(p) for p in self.read("cgroup.procs").split() if p.isdigit()]
             for pid in pids:
@@ -294,11 +302,16 @@ def _parent_cpuset() -> tuple[str, str] | None:
     return (cpus, mems) if cpus and mems else None
 
 
-def _make_cgroup(controller: str, name: str, settings: dict[str, int | str]) -> Cgroup:
-    """Make a child of our own cgroup for ``controller`` (v1, else v2); OSError if we can't."""
+def _make_cgroup(
+    controller: str, name: str, settings: dict[str, int | str], parent: Cgroup | None = None
+) -> Cgroup:
+    """Make a child of ``parent`` (a set's cgroup), else of our own cgroup, for ``controller``
+    (v1, else v2); OSError if we can't."""
     own = _own_cgroups()
     candidates = []
-    if controller in own:
+    if parent is not None:
+        candidates.append((parent.version, parent.path))
+    elif controller in own:
         candidates.append((1, f"/sys/fs/cgroup/{controller}{own[controller]}"))
     if "" in own:
         for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
@@ -658,6 +671,7 @@ class Sandbox(LoggingConfigurable):
         self.last_report: dict[str, Any] | None = None
         self._runtime: frozenset[str] | None = None
         self._live: set[WorkerSandbox] = set()
+        self._groups: list[dict[str, Cgroup]] = []  # sets' parent cgroups (prepare_group)
         self._egress: Egress | None = None
         self._resolv_written_for: Egress | None = None  # the egress whose resolv.conf is on disk
         self._egress_error: str | None = None
@@ -666,6 +680,8 @@ class Sandbox(LoggingConfigurable):
     def _release_all(self) -> None:
         for ws in list(self._live):
             ws.release(wait=True)
+        for group in list(self._groups):
+            self.release_group(group)
         if self._egress is not None:
             self._egress.close()
             self._egress = None
@@ -937,11 +953,59 @@ class Sandbox(LoggingConfigurable):
             clean["CUDA_VISIBLE_DEVICES"] = ",".join(i.strip() for i in self.accelerators.split(","))
         return clean
 
+    def _cgroup_limits(self) -> dict[str, dict[str, int | str]]:
+        """The memory and task limits one worker gets, and a set's local members share."""
+        memory = parse_size(self.memory_limit, "Sandbox.memory_limit")
+        wanted: dict[str, dict[str, int | str]] = {}
+        if memory:
+            wanted["memory"] = {"memory.limit_in_bytes": memory}
+        if self.max_processes:
+            wanted["pids"] = {"pids.max": self.max_processes}
+        return wanted
+
+    def prepare_group(self) -> dict[str, Cgroup]:
+        """One parent cgroup per controller (memory, pids) for a set's members on this host, with the
+        limits one worker gets: a set of N processes shares them instead of getting N times each
+        (8 members x 4096 tasks was this host's pid_max).  Each member's own cgroup is made inside
+        it (``prepare_worker(group=...)``); :meth:`release_group` when the set has ended."""
+        group: dict[str, Cgroup] = {}
+        if not self.enabled:
+            return group
+        name = f"jax-kernel-{os.getpid()}-{next(self._ids)}"
+        for controller, settings in self._cgroup_limits().items():
+            if os.geteuid() != 0 and not os.access("/sys/fs/cgroup", os.W_OK):
+                break
+            try:
+                cg = _make_cgroup(controller, name, settings)
+            except OSError as e:
+                self.log.debug("No %s cgroup for the set: %s", controller, e)
+                continue
+            if cg.version == 2:  # its children may use the controller
+                try:
+                    with open(os.path.join(cg.path, "cgroup.subtree_control"), "w") as f:
+                        f.write(f"+{controller}")
+                except OSError as e:
+                    self.log.debug("The set's %s cgroup can't have children: %s", controller, e)
+                    cg.release()
+                    continue
+            group[controller] = cg
+        if group:
+            self._groups.append(group)
+        return group
+
+    def release_group(self, group: dict[str, Cgroup]) -> None:
+        """Remove a set's parent cgroups (what is left in them is killed first)."""
+        for cg in group.values():
+            cg.release()
+        if group in self._groups:
+            self._groups.remove(group)
+
     def prepare_worker(
         self,
         cwd: str | None = None,
         extra_writable: Sequence[str] = (),
         shared_cache: tuple[str, str] | None = None,
+        group: dict[str, Cgroup] | None = None,
     ) -> WorkerSandbox:
         """Resolve the policy for one new worker (and make its cgroups, where we can).
 
@@ -950,6 +1014,7 @@ class Sandbox(LoggingConfigurable):
         of a cache that outlives the kernel (JAX's compilation cache): the worker may write its own
         folder and, in its mount namespace, sees nothing else of the root, since a cache entry is
         code and data the next reader trusts (``_shared_cache`` in the worker's sandbox).
+        ``group``: a set's parent cgroups (:meth:`prepare_group`), to make this worker's inside.
         """
         if not self.enabled:
             return WorkerSandbox({"profile": "off"})
@@ -1026,11 +1091,7 @@ class Sandbox(LoggingConfigurable):
             }
         ws = WorkerSandbox(policy)
         name = f"jax-kernel-{os.getpid()}-{next(self._ids)}"
-        wanted = {}
-        if memory:
-            wanted["memory"] = {"memory.limit_in_bytes": memory}
-        if self.max_processes:
-            wanted["pids"] = {"pids.max": self.max_processes}
+        wanted = self._cgroup_limits()
         if "devices" in _own_cgroups() and any(
             ACCELERATOR_FILE.fullmatch(p) for p in policy["fs"]["devices"]
         ):
@@ -1043,7 +1104,7 @@ class Sandbox(LoggingConfigurable):
             if os.geteuid() != 0 and not os.access("/sys/fs/cgroup", os.W_OK):
                 break
             try:
-                cg = _make_cgroup(controller, name, settings)
+                cg = _make_cgroup(controller, name, settings, parent=(group or {}).get(controller))
             except OSError as e:
                 self.log.debug("No %s cgroup for the worker: %s", controller, e)
                 continue

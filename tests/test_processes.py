@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import Kernel, execute, request, shell_replies, start_kernel, stop_kernel
@@ -504,3 +505,39 @@ def test_restart_and_shutdown_leave_no_member() -> None:
     finally:
         stop_kernel(km, kc)
     assert all(_gone(pid, 10) for pid in pids), "a set member outlived the kernel's shutdown"
+
+
+def test_a_sets_members_share_one_task_limit(tmp_path: Path) -> None:
+    """Sandbox.max_processes is the kernel's budget, not each member's: the local members of a set
+    are in one parent cgroup with the limit one worker gets (two members once got twice the
+    tasks, and 8 x 4096 was this host's pid_max).  Both members fork at once and hold their
+    children; together they stay under the limit, and the set works afterwards."""
+    limit = 200
+    km, kc = start_kernel(extra_arguments=[f"--Sandbox.max_processes={limit}"], cwd=str(tmp_path))
+    k = Kernel(km, kc)
+    try:
+        _load_set(k, "local")
+        res = k.ok(
+            "import os, sys, time\n"
+            "r, w = os.pipe(); n = 0\n"
+            "try:\n"
+            f"    while n < {2 * limit}:\n"
+            "        if os.fork() == 0:\n"
+            "            os.close(w); os.read(r, 1); os._exit(0)\n"
+            "        n += 1\n"
+            "except OSError:\n"
+            "    pass\n"
+            "time.sleep(2)  # the other member forks meanwhile: both hold their children at once\n"
+            "os.close(w)\n"
+            "for _ in range(n):\n"
+            "    os.wait()\n"
+            "print(f'forked={n}', file=sys.stderr)",
+            timeout=SET_TIMEOUT,
+        )
+        counts = [int(line.split("forked=")[1]) for line in res.stderr.splitlines() if "forked=" in line]
+        assert len(counts) == 2 and 0 < sum(counts) < limit, (counts, res.stderr)
+        assert _value(
+            k.ok("jax.pmap(lambda x: jax.lax.psum(x, 'i'), axis_name='i')(jnp.ones(2)).tolist()")
+        ) == ("[4.0, 4.0]")
+    finally:
+        stop_kernel(km, kc)
