@@ -90,3 +90,72 @@ def sanitize_bundle(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         text = out.get("text/plain")
         out["text/plain"] = f"{text}\n{note}" if isinstance(text, str) and text else note
     return out, changed
+
+
+#: ipywidgets models whose ``value`` is HTML the frontend puts into the page as is.
+HTML_WIDGET_MODELS = frozenset({"HTMLModel", "HTMLMathModel"})
+
+
+class WidgetSanitizer:
+    """Clean what widget comm messages carry into the page, under ``sanitize``.
+
+    A widget's state reaches the browser over comms, not as a MIME bundle: an ``HTML`` widget's
+    ``value`` (``<img src=x onerror=...>`` runs: it is set as innerHTML), a description with
+    ``description_allow_html``, and an ``Output`` widget's ``outputs`` (bundles its output area
+    renders, scripts included).  The model a comm holds is named only in its ``comm_open``, so
+    the sanitizer remembers it per comm for the updates that follow."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, str] = {}
+        self._html_descriptions: set[str] = set()
+
+    def clean(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        comm_id = content.get("comm_id")
+        if msg_type == "comm_close":
+            self._models.pop(comm_id, None)  # type: ignore[arg-type]
+            self._html_descriptions.discard(comm_id)  # type: ignore[arg-type]
+            return content
+        data = content.get("data")
+        state = data.get("state") if isinstance(data, dict) else None
+        if not isinstance(comm_id, str) or not isinstance(state, dict):
+            return content
+        if msg_type == "comm_open" and isinstance(state.get("_model_name"), str):
+            self._models[comm_id] = state["_model_name"]
+        if "description_allow_html" in state:
+            if state["description_allow_html"]:
+                self._html_descriptions.add(comm_id)
+            else:
+                self._html_descriptions.discard(comm_id)
+        clean = self._clean_state(comm_id, state)
+        if clean is state:
+            return content
+        return {**content, "data": {**data, "state": clean}}
+
+    def _clean_state(self, comm_id: str, state: dict[str, Any]) -> dict[str, Any]:
+        out = state
+        model = self._models.get(comm_id)
+
+        def put(key: str, value: Any) -> None:
+            nonlocal out
+            if out is state:
+                out = dict(state)
+            out[key] = value
+
+        if model in HTML_WIDGET_MODELS and isinstance(state.get("value"), str):
+            clean = _clean_html(state["value"])
+            if clean != state["value"]:
+                put("value", clean)
+        if comm_id in self._html_descriptions and isinstance(state.get("description"), str):
+            clean = _clean_html(state["description"])
+            if clean != state["description"]:
+                put("description", clean)
+        if model == "OutputModel" and isinstance(state.get("outputs"), list):
+            outputs = [
+                {**o, "data": sanitize_bundle(o["data"])[0]}
+                if isinstance(o, dict) and isinstance(o.get("data"), dict)
+                else o
+                for o in state["outputs"]
+            ]
+            if outputs != state["outputs"]:
+                put("outputs", outputs)
+        return out

@@ -96,6 +96,11 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         self._input_cancel: threading.Event | None = None
         self.manager.stream_limit = self.output_limit
         self._sanitize_outputs = self.manager.sandbox.active_outputs_mode == "sanitize"
+        self._widget_sanitizer: t.Any = None
+        if self._sanitize_outputs:
+            from .active_outputs import WidgetSanitizer
+
+            self._widget_sanitizer = WidgetSanitizer()
         self.manager.output_handler = self._publish_output
         self.manager.problem_handler = self._publish_problem
         self.manager.input_handler = self._relay_input_request
@@ -237,6 +242,8 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
             return
         msg_type, content = msg["msg_type"], msg["content"]
         self._track_comm(msg_type, content)
+        if self._widget_sanitizer is not None:
+            content = self._widget_sanitizer.clean(msg_type, content)
         self._publish(msg_type, content, metadata=msg["metadata"], buffers=buffers)
 
     def _track_comm(self, msg_type: str, content: dict[str, t.Any]) -> None:

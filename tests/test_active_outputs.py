@@ -92,3 +92,51 @@ def test_strict_sanitizes_by_default() -> None:
         assert "<script" not in _bundles(res)[0]["text/html"]
     finally:
         stop_kernel(km, kc)
+
+
+def _widget_states(res) -> dict[str, dict]:  # noqa: ANN001 - a conftest Result
+    """comm_id -> the widget state the frontend was sent (its comm_open, then its updates)."""
+    states: dict[str, dict] = {}
+    for kind, c in res.outputs:
+        state = (c.get("data") or {}).get("state") if kind in ("comm_open", "comm_msg") else None
+        if isinstance(state, dict):
+            states.setdefault(c["comm_id"], {}).update(state)
+    return states
+
+
+WIDGETS = (
+    "import ipywidgets as w\nfrom IPython.display import HTML, display\n"
+    f"h = w.HTML({SCRIPTED_HTML!r})\n"
+    "b = w.Checkbox(description='<b>go</b><img src=x onerror=alert(1)>', description_allow_html=True)\n"
+    "s = w.IntSlider(3, description='a < b')\n"
+    "out = w.Output()\n"
+    f"out.append_display_data(HTML({SCRIPTED_HTML!r}))\n"
+    "display(h, b, s, out)\n"
+    f"h.value = {SCRIPTED_HTML!r} + '<i>again</i>'"
+)
+
+
+def _by_model(res) -> dict[str, dict]:  # noqa: ANN001
+    return {s.get("_model_name"): s for s in _widget_states(res).values()}
+
+
+def test_widget_html_is_cleaned_and_widgets_still_work(sanitizing: Kernel) -> None:
+    """An HTML widget's value is put into the page as innerHTML (an onerror handler runs), and so
+    are a description with description_allow_html and an Output widget's outputs."""
+    models = _by_model(sanitizing.ok(WIDGETS))
+    html = models["HTMLModel"]["value"]
+    assert "<b>bold</b>" in html and "<i>again</i>" in html  # the update after display, cleaned too
+    button = models["CheckboxModel"]["description"]
+    assert "<b>go</b>" in button
+    shown = [o["data"]["text/html"] for o in models["OutputModel"]["outputs"]]
+    for text in (html, button, *shown):
+        for live in ("<script", "onerror", "javascript:", "<iframe"):
+            assert live not in text, text
+    assert models["IntSliderModel"]["description"] == "a < b"  # plain text is left alone
+    assert models["IntSliderModel"]["value"] == 3
+    assert sanitizing.ok("s.value = 5; s.value").of("execute_result")[0]["data"]["text/plain"] == "5"
+
+
+def test_standard_relays_widget_html_as_is(kernel: Kernel) -> None:
+    models = _by_model(kernel.ok(WIDGETS))
+    assert "onerror" in models["HTMLModel"]["value"]
