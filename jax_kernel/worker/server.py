@@ -237,8 +237,8 @@ class WorkerServer:
     # %sandbox --selftest ----------------------------------------------------
     def selftest(self) -> int:
         """Ask the kernel to run the self-test (it prints the table into this cell); its exit status."""
-        self.stdout.flush()
-        self.stderr.flush()
+        self.stdout.flush_now()
+        self.stderr.flush_now()
         self.interruptible = False
         try:
             self.conn.send({"type": "selftest"})
@@ -258,8 +258,8 @@ class WorkerServer:
             raise StdinNotImplementedError(
                 "input was called, but this frontend does not support input requests."
             )
-        self.stdout.flush()
-        self.stderr.flush()
+        self.stdout.flush_now()
+        self.stderr.flush_now()
         self.interruptible = False
         try:
             self.conn.send({"type": "input_request", "prompt": str(prompt), "password": password})

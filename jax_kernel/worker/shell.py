@@ -28,7 +28,7 @@ Send = Callable[[dict[str, Any]], None]
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
-            stream.flush()
+            getattr(stream, "flush_now", stream.flush)()  # a cell may have replaced sys.stdout
 
 
 class WorkerDisplayHook(DisplayHook):

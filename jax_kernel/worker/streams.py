@@ -35,6 +35,8 @@ class OutStream(io.TextIOBase):
         self._interval = flush_interval
         self._buf: list[str] = []
         self._size = 0
+        self._last_send = 0.0
+        self._flusher_pid = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -70,6 +72,26 @@ class OutStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        """``flush()`` from cell code (``print(..., flush=True)``): at once, unless this stream sent
+        less than a flush interval ago; then the flusher sends it when that interval ends.
+
+        A loop that flushes every line would otherwise be one message per line, each signed and
+        relayed by the kernel: 6,000 of them in a second outran a frontend's IOPub queue (ZeroMQ
+        drops past its high-water mark) and lines went missing.  ipykernel's IO thread batches
+        such flushes the same way."""
+        with self._cond:
+            if (
+                self._buf
+                and time.monotonic() - self._last_send < self._interval
+                and self._flusher_pid == os.getpid()  # not in a forked child: no flusher there
+            ):
+                self._ensure_thread()  # already told at the first write; sends at its deadline
+                return
+            self._flush_locked()
+
+    def flush_now(self) -> None:
+        """Send what is buffered now: before a display, an input prompt or a reply, so that the
+        text arrives before what follows it."""
         with self._cond:
             self._flush_locked()
 
@@ -80,12 +102,14 @@ class OutStream(io.TextIOBase):
         text = self._budget.admit("".join(self._buf))
         self._buf.clear()
         self._size = 0
+        self._last_send = time.monotonic()
         for i in range(0, len(text), wire.STREAM_CHUNK):
             self._send({"type": "stream", "name": self.name, "text": text[i : i + wire.STREAM_CHUNK]})
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
             self._thread = service_thread(self._flusher, f"{self.name}-flusher")
+            self._flusher_pid = os.getpid()
 
     def _flusher(self) -> None:
         with self._cond:
@@ -147,4 +171,4 @@ class FdCapture:
                 if not any([self._read(r) for r in ready]):
                     break
         for stream in self._streams.values():
-            stream.flush()
+            stream.flush_now()
