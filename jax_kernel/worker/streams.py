@@ -96,12 +96,23 @@ class OutStream(io.TextIOBase):
             self._flush_locked()
 
     # internals --------------------------------------------------------------
-    def _flush_locked(self) -> None:
+    def _flush_locked(self, whole_lines: bool = False) -> None:
+        """Send the buffer; ``whole_lines`` (the flusher, on its own schedule): up to its last line
+        end, keeping a line still being written for the next round, so that a message does not end
+        between ``print``'s text and its newline (in a set, another process's line would be glued
+        to it).  A buffer with no line end at all (a prompt) is sent whole."""
         if not self._buf:
             return
-        text = self._budget.admit("".join(self._buf))
+        text = "".join(self._buf)
         self._buf.clear()
         self._size = 0
+        if whole_lines:
+            cut = max(text.rfind("\n"), text.rfind("\r")) + 1
+            if 0 < cut < len(text):
+                text, rest = text[:cut], text[cut:]
+                self._buf.append(rest)
+                self._size = len(rest)
+        text = self._budget.admit(text)
         self._last_send = time.monotonic()
         for i in range(0, len(text), wire.STREAM_CHUNK):
             self._send({"type": "stream", "name": self.name, "text": text[i : i + wire.STREAM_CHUNK]})
@@ -120,7 +131,7 @@ class OutStream(io.TextIOBase):
                 while (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
                 try:
-                    self._flush_locked()
+                    self._flush_locked(whole_lines=True)
                 except OSError:
                     return  # the kernel is gone; the worker is about to exit
 
