@@ -672,6 +672,7 @@ class Sandbox(LoggingConfigurable):
         self._runtime: frozenset[str] | None = None
         self._live: set[WorkerSandbox] = set()
         self._groups: list[dict[str, Cgroup]] = []  # sets' parent cgroups (prepare_group)
+        self._config_made: list[str] = []  # config dirs made so that they are bound read-only
         self._egress: Egress | None = None
         self._resolv_written_for: Egress | None = None  # the egress whose resolv.conf is on disk
         self._egress_error: str | None = None
@@ -802,6 +803,44 @@ class Sandbox(LoggingConfigurable):
         state = self.state_dir()
         return [p for p in hidden if not os.path.realpath(state).startswith(os.path.realpath(p) + "/")]
 
+    def _config_placeholders(self, writable: list[str], state: str) -> list[str]:
+        """Make the config and code locations that programs outside the sandbox run from, where
+        they don't exist yet and lie in a writable folder (notebooks in ``~``): empty folders,
+        which those programs would make themselves, so that they exist and are bound read-only.
+
+        Only a path that exists can be bound: a cell once made ``~/.jupyter/jax_kernel_config.py``
+        (Python the next kernel runs; it set ``profile = 'off'`` for every later kernel).  Covered:
+        Jupyter's config dir (server and kernel config), its data dir (kernelspecs: a cell's
+        ``kernels/python3/kernel.json`` would be the user's next kernel), the user site-packages
+        (a ``.pth`` runs in every Python) and, with ``protect_dotfiles``, ``XDG_CONFIG_HOME``
+        (git's and pip's config).  IPython's dir is made by the kernel itself at start.  Files
+        (``~/.bashrc``, ``.envrc``) and ``.git`` can't be made as harmless placeholders: an empty
+        ``.bash_profile`` stops bash from reading ``.profile``."""
+        import site
+
+        from jupyter_core.paths import jupyter_config_dir, jupyter_data_dir
+
+        wanted = [jupyter_config_dir(), jupyter_data_dir(), site.getusersitepackages()]
+        if self.protect_dotfiles:
+            wanted.append(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"))
+        state_real = os.path.realpath(state)
+        roots = [r for r in (os.path.realpath(w) for w in writable) if not r.startswith(state_real)]
+        made = []
+        for path in wanted:
+            real = os.path.realpath(path)
+            if os.path.lexists(path) or not any(real.startswith(r.rstrip("/") + "/") for r in roots):
+                continue
+            try:
+                os.makedirs(real, mode=0o700, exist_ok=True)
+            except OSError as e:
+                self.log.warning("Could not make %s (to keep it read-only for workers): %s", real, e)
+                continue
+            made.append(real)
+        if made:
+            self.log.info("Made %s so that workers can't plant config there (read-only to them)", made)
+        self._config_made += made
+        return self._config_made
+
     def _protected(self, writable: list[str], state: str, exempt: Sequence[str] = ()) -> list[str]:
         """Paths inside a writable folder that must stay read-only, or the worker could plant code
         that runs outside the sandbox later: the interpreter and its site-packages (a ``.pth``
@@ -813,6 +852,7 @@ class Sandbox(LoggingConfigurable):
         state_real = os.path.realpath(state)
         roots = [os.path.realpath(w) for w in writable if not os.path.realpath(w).startswith(state_real)]
         if self.protect_dotfiles:
+            candidates.add(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"))
             exempt_real = {os.path.realpath(e) for e in exempt}
             for root in (r for r in roots if r not in exempt_real):
                 try:
@@ -1054,6 +1094,12 @@ class Sandbox(LoggingConfigurable):
             )
         if self.cpu_time_limit:
             kernel_side["cpu_time_limit"] = f"{self.cpu_time_limit:g} CPU s per cell (kernel-side watchdog)"
+        made = self._config_placeholders(writable, state)  # before _protected: it binds what exists
+        kernel_side["config_locations"] = (
+            "existing dot-entries of writable folders and the config/code dirs inside them are read-only"
+            + (f"; made where missing, to be read-only too: {made}" if made else "")
+            + "; not yet: a new top-level dot-file or .git in a writable folder is not refused"
+        )
         policy: dict[str, Any] = {
             "profile": self.profile,
             "allow_network": self.network_allowed,

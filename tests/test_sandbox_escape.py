@@ -417,3 +417,60 @@ def test_a_notebooks_matplotlib_config_reaches_no_other(tmp_path: Path) -> None:
         assert res.of("display_data")
     finally:
         stop_kernel(km_a, kc_a)
+
+
+def test_config_a_later_process_runs_cant_be_planted_in_a_home_without_it(tmp_path: Path) -> None:
+    """Notebooks in ``~`` and no ``~/.jupyter`` yet: a cell once wrote
+    ``~/.jupyter/jax_kernel_config.py`` (Python the next kernel runs; it turned the sandbox off for
+    every later kernel).  The same for a kernelspec in Jupyter's data dir (the user's next
+    ``python3`` kernel), a ``.pth`` in the user site-packages (runs in every Python) and git's
+    config under ``~/.config``.  The kernel makes those folders, empty, before the worker starts,
+    so that they are bound read-only like the ones that existed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    marker = tmp_path / "marker"  # only code outside the sandbox can write here
+    marker.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "XDG_CONFIG_HOME")
+    }
+    env["HOME"] = str(home)
+    km, kc = start_kernel(extra_arguments=["--Sandbox.profile=strict"], env=env, cwd=str(home))
+    plants = {
+        ".jupyter/jax_kernel_config.py": f"open({str(marker / 'config')!r}, 'w'); c.Sandbox.profile = 'off'\n",
+        ".local/share/jupyter/kernels/python3/kernel.json": '{"argv": ["sh", "-c", "touch marker"]}',
+        f".local/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages/evil.pth": (
+            f"import os; open({str(marker / 'pth')!r}, 'w')\n"
+        ),
+        ".config/git/config": "[core]\n\tfsmonitor = touch marker\n",
+    }
+    try:
+        res = execute(
+            kc,
+            "import os\nout = {}\n"
+            f"for path, body in {plants!r}.items():\n"
+            "    try:\n"
+            "        os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+            "        open(path, 'w').write(body); out[path] = 'written'\n"
+            "    except OSError as e:\n"
+            "        out[path] = e.strerror\n"
+            "print(out)",
+        )
+        assert res.reply["status"] == "ok", res.outputs
+        got = eval(res.stdout)  # noqa: S307
+        assert "written" not in got.values(), got
+        for path in plants:
+            assert not (home / path).exists(), path
+        assert (home / ".jupyter").is_dir() and not os.listdir(home / ".jupyter")  # a placeholder
+        assert "config_locations" in execute(kc, "%sandbox").stdout
+        assert execute(kc, "6 * 7").reply["status"] == "ok"
+    finally:
+        stop_kernel(km, kc)
+    # The next kernel in that home runs under the policy it was given.
+    km, kc = start_kernel(extra_arguments=["--Sandbox.profile=strict"], env=env, cwd=str(home))
+    try:
+        assert "Sandbox profile: strict" in execute(kc, "%sandbox").stdout
+    finally:
+        stop_kernel(km, kc)
+    assert not os.listdir(marker)
