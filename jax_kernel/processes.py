@@ -697,6 +697,8 @@ class WorkerSet:
             return False
         if kind == "shutdown":
             self._stopping = True
+        if kind == "selftest_done":  # every member ran %sandbox --selftest; process 0's asked for it
+            return all([self._send(m, msg) for m in live])
         if kind == "input_reply":
             self._answers.append(msg)
             ok = True

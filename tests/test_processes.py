@@ -541,3 +541,15 @@ def test_a_sets_members_share_one_task_limit(tmp_path: Path) -> None:
         ) == ("[4.0, 4.0]")
     finally:
         stop_kernel(km, kc)
+
+
+@pytest.mark.timeout(600)
+def test_selftest_from_a_set_runs_once_and_every_process_returns(jset: Kernel) -> None:
+    """Each process of the set runs ``%sandbox --selftest``; process 0's request starts the one
+    battery and every process is told when it has ended (none waits forever)."""
+    if jset.launcher != "local":  # type: ignore[attr-defined]
+        pytest.skip("one launcher is enough: the kernel's side is the same")
+    res = jset.run("%sandbox --selftest", timeout=600)
+    assert res.reply["status"] == "ok", res.outputs
+    assert res.stdout.count("contained or allowed by policy") == 1, res.stdout
+    assert _value(jset.ok("import jax\njax.process_count()")) == "2"
