@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
+import signal
 import sys
 import threading
 import typing as t
@@ -106,6 +108,7 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         self.manager.input_handler = self._relay_input_request
         self.manager.selftest_handler = self._start_selftest
         self._selftest: asyncio.Future[None] | None = None
+        self._selftest_pid: int | None = None  # ended by an interrupt
         self.manager.exit_handler = self._worker_gone
         self._usage_probe = usage.UsageProbe()
         self._open_comms: dict[str, str] = {}  # comm_id -> target_name, as the frontend sees them
@@ -160,6 +163,12 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         """Nothing to restore: see pre_handler_hook."""
 
     def _send_interrupt_children(self) -> None:
+        pid = self._selftest_pid
+        if pid is not None:  # %sandbox --selftest: it cleans up its kernel and decoys on SIGTERM
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
         self.manager.interrupt()
 
     async def create_subshell_request(self, socket: t.Any, ident: t.Any, parent: t.Any) -> None:
@@ -319,12 +328,14 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
                 stderr=asyncio.subprocess.STDOUT,
             )
             assert proc.stdout is not None
+            self._selftest_pid = proc.pid
             async for line in proc.stdout:
                 self._publish("stream", {"name": "stdout", "text": line.decode(errors="replace")})
             status = await proc.wait()
         except OSError as e:
             self._publish_problem(f"the self-test could not start: {e}")
         finally:
+            self._selftest_pid = None
             self.manager.send_selftest_done(status)
 
     # stdin ------------------------------------------------------------------------------

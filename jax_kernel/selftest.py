@@ -19,6 +19,7 @@ import os
 import queue
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -447,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def say(text: str) -> None:
         print(text, flush=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(3)  # through the finally below: the kernel, bystander and decoys go too
+
+    signal.signal(signal.SIGTERM, stop)
 
     battery = Battery(opts.profile, opts.kernel, out=say)
     try:

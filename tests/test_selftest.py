@@ -82,3 +82,45 @@ def test_a_bad_option_gets_one_line() -> None:
     code, out = selftest("--profile", "lax")
     assert code == 2
     assert "invalid choice: 'lax'" in out
+
+
+def test_an_interrupt_ends_the_battery_and_its_kernel(kernel: Kernel) -> None:
+    """Interrupting ``%sandbox --selftest`` ends the cell, and the self-test's own process, its
+    kernel, bystander and decoy folder go with it (the kernel sends it SIGTERM)."""
+    import glob
+    import os
+    import threading
+    import time
+
+    def selftests() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"jax_kernel\0selftest" in f.read():
+                        found.append(int(entry))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def interrupt_request() -> None:
+        # As a frontend with interrupt_mode "message" sends it: no SIGINT reaches the kernel's
+        # process group (with a signal, the self-test's process would get it directly).
+        kernel.kc.control_channel.send(kernel.kc.session.msg("interrupt_request", {}))
+
+    before = set(glob.glob("/var/tmp/jax-kernel-selftest-*"))
+    timer = threading.Timer(3, interrupt_request)  # the battery takes 20 s or more
+    timer.start()
+    try:
+        res = kernel.run("%sandbox --selftest", timeout=120)
+    finally:
+        timer.cancel()
+    assert res.reply["status"] == "error" and res.reply["ename"] == "KeyboardInterrupt", res.reply
+    deadline = time.monotonic() + 10  # it ends at once, well before the battery would have
+    while (
+        selftests() or set(glob.glob("/var/tmp/jax-kernel-selftest-*")) - before
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not selftests()
+    assert not set(glob.glob("/var/tmp/jax-kernel-selftest-*")) - before
+    assert kernel.ok("6 * 7").of("execute_result")[0]["data"]["text/plain"] == "42"
