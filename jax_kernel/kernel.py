@@ -154,6 +154,7 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
         info["supported_features"] = ["debugger"] if debugger else []
         info["debugger"] = debugger
         info["sandbox"] = self.manager.sandbox.info()
+        info["output_limit"] = self.output_limit  # what one cell may send (the self-test checks it)
         return info
 
     def pre_handler_hook(self) -> None:

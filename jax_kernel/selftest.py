@@ -124,6 +124,7 @@ class Battery:
         self.log: Any = None
         self.kc: Any = None
         self.report: dict[str, Any] = {}
+        self.output_limit: int | None = None
 
     @staticmethod
     def _decoy_base() -> str:
@@ -152,6 +153,7 @@ class Battery:
             reply = self.kc.get_shell_msg(timeout=TIMEOUT)
             if reply["parent_header"].get("msg_id") == msg_id:
                 self.report = reply["content"].get("sandbox") or {}
+                self.output_limit = reply["content"].get("output_limit")
                 break
 
     def run(self, code: str, timeout: float = TIMEOUT) -> Outcome:
@@ -214,6 +216,7 @@ class Battery:
             ("signal a process outside the sandbox", self.signal),
             ("reach a service on the host's loopback", self.loopback_service),
             ("fork until the host has no pids left", self.fork_bomb),
+            ("flood the frontend past the output limit", self.flood),
             ("run a script in the user's browser session", self.active_output),
         ]
 
@@ -394,6 +397,29 @@ class Battery:
         if not works:
             return ESCAPED, "contained, but the next cell fails"
         return CONTAINED, f"stopped after {parts[0] if parts else '?'} processes; the next cell runs"
+
+    def flood(self) -> tuple[str, str]:
+        limit = self.output_limit
+        if not isinstance(limit, int) or limit <= 0:
+            return POLICY, "no limit on a cell's output (JaxKernel.output_limit)"
+        chunks = min(3 * limit // 1_000_000 + 1, 300)
+        res = self.run(
+            "from IPython.display import display\nchunk = 'x' * 1_000_000\n"
+            f"for _ in range({chunks}):\n"
+            "    display({'text/plain': chunk}, raw=True)",
+            timeout=300,
+        )
+        got = sum(
+            len(c.get("data", {}).get("text/plain", "")) for k, c in res.outputs if k == "display_data"
+        ) + sum(len(c.get("text", "")) for k, c in res.outputs if k == "stream")
+        works = self.next_cell_works()
+        sent = chunks * 1_000_000
+        if got > limit + 65536 or not works:
+            return ESCAPED, f"{got:,} of {sent:,} characters reached the frontend (limit {limit:,})"
+        return (
+            CONTAINED,
+            f"{got:,} of {sent:,} characters reached the frontend (limit {limit:,}); next cell runs",
+        )
 
     def active_output(self) -> tuple[str, str]:
         res = self.run(
