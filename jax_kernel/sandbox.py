@@ -480,6 +480,12 @@ def _sweep_stale_state(parent: str) -> None:
             continue
 
 
+def _writable_roots(writable: Sequence[str], state: str) -> list[str]:
+    """The writable folders (real paths) that others read and run from: all but the state dir's."""
+    state_real = os.path.realpath(state)
+    return [r for r in (os.path.realpath(w) for w in writable) if not r.startswith(state_real)]
+
+
 def _sweep_stale(parent: str) -> None:
     """Remove cgroups left by kernels that were killed (SIGKILL leaves no time to clean up)."""
     for path in _left_by_dead_kernels(parent, r"jax-kernel-(\d+)-\d+"):
@@ -823,8 +829,7 @@ class Sandbox(LoggingConfigurable):
         wanted = [jupyter_config_dir(), jupyter_data_dir(), site.getusersitepackages()]
         if self.protect_dotfiles:
             wanted.append(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"))
-        state_real = os.path.realpath(state)
-        roots = [r for r in (os.path.realpath(w) for w in writable) if not r.startswith(state_real)]
+        roots = _writable_roots(writable, state)
         made = []
         for path in wanted:
             real = os.path.realpath(path)
@@ -849,8 +854,7 @@ class Sandbox(LoggingConfigurable):
         ``protect_dotfiles`` every dot-entry at the top of a writable folder (``~/.bashrc``,
         ``.git`` hooks, ``~/.local``)."""
         candidates = set(self._runtime_paths())
-        state_real = os.path.realpath(state)
-        roots = [os.path.realpath(w) for w in writable if not os.path.realpath(w).startswith(state_real)]
+        roots = _writable_roots(writable, state)
         if self.protect_dotfiles:
             candidates.add(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"))
             exempt_real = {os.path.realpath(e) for e in exempt}

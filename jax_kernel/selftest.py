@@ -83,13 +83,6 @@ class _LoopbackDecoy:
             self.connections += 1
             conn.close()
 
-    def kernel_log(self) -> str:
-        try:
-            with open(os.path.join(self.root, "kernel.log")) as f:
-                return f.read()
-        except OSError:
-            return ""
-
     def close(self) -> None:
         self._stop.set()
         self._thread.join()

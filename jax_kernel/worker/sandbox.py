@@ -258,7 +258,6 @@ def _readonly_root(writable: list[str]) -> list[str]:
         if os.path.isdir(path) and not any(_is_within(path, f) for f in folders):
             folders.append(path)
     fds = {path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in folders}
-    cwd = os.getcwd()
     try:
         _mount_setattr("/", True, set_=MOUNT_ATTR_RDONLY)
         for path, fd in fds.items():
@@ -270,9 +269,6 @@ def _readonly_root(writable: list[str]) -> list[str]:
     finally:
         for fd in fds.values():
             os.close(fd)
-    # The working directory still points into the mount it was on (now read-only): look it up
-    # again, so that it is the writable bind when it is a writable folder.
-    os.chdir(cwd)
     return folders
 
 
@@ -433,7 +429,10 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
         f"mount namespace: {len(masked)} paths covered by empty mode-000 mounts{dev}; "
         f"{len(readonly)} paths inside writable folders kept read-only (code, config, dot-files){tmp_note}"
     )
-    os.chdir(os.getcwd())  # into the topmost mount there, as a process started now would be
+    # The working directory still points into the mount it started on, now read-only and under
+    # the binds made since: look it up again, so that it is the topmost mount there (the writable
+    # bind of the notebook folder, or a read-only bind on it), as for a process started now.
+    os.chdir(os.getcwd())
     return masked
 
 

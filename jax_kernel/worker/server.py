@@ -234,23 +234,28 @@ class WorkerServer:
             msg = self.concurrent.get()
             self._answer(self.concurrent_handlers[msg["type"]], msg)
 
-    # %sandbox --selftest ----------------------------------------------------
-    def selftest(self) -> int:
-        """Ask the kernel to run the self-test (it prints the table into this cell); its exit status."""
+    def _ask_kernel(self, request: dict[str, Any], answer: str) -> dict[str, Any]:
+        """Send ``request`` from the running cell and wait for the kernel's ``answer`` (input(),
+        the self-test); output written so far goes first, and an interrupt ends the wait."""
         self.stdout.flush_now()
         self.stderr.flush_now()
         self.interruptible = False
         try:
-            self.conn.send({"type": "selftest"})
+            self.conn.send(request)
             while True:
                 if self.pending_interrupt:
                     self.pending_interrupt = False
-                    raise KeyboardInterrupt("Interrupted by user (the self-test goes on in the kernel)")
+                    raise KeyboardInterrupt("Interrupted by user")
                 msg = self.inbox.get(timeout=0.1)
-                if msg is not None and msg["type"] == "selftest_done":
-                    return int(msg.get("status", 2))
+                if msg is not None and msg["type"] == answer:
+                    return msg
         finally:
             self.interruptible = True
+
+    # %sandbox --selftest ----------------------------------------------------
+    def selftest(self) -> int:
+        """Ask the kernel to run the self-test (it prints the table into this cell); its exit status."""
+        return int(self._ask_kernel({"type": "selftest"}, "selftest_done").get("status", 2))
 
     # stdin ------------------------------------------------------------------
     def _input_request(self, prompt: str, password: bool) -> str:
@@ -258,21 +263,8 @@ class WorkerServer:
             raise StdinNotImplementedError(
                 "input was called, but this frontend does not support input requests."
             )
-        self.stdout.flush_now()
-        self.stderr.flush_now()
-        self.interruptible = False
-        try:
-            self.conn.send({"type": "input_request", "prompt": str(prompt), "password": password})
-            while True:
-                if self.pending_interrupt:
-                    self.pending_interrupt = False
-                    raise KeyboardInterrupt("Interrupted by user")
-                msg = self.inbox.get(timeout=0.1)
-                if msg is not None and msg["type"] == "input_reply":
-                    break
-        finally:
-            self.interruptible = True
-        value = str(msg.get("value", ""))
+        request = {"type": "input_request", "prompt": str(prompt), "password": password}
+        value = str(self._ask_kernel(request, "input_reply").get("value", ""))
         if value == "\x04":
             raise EOFError
         return value
