@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from testhost import TestHost, unavailable  # noqa: E402
 
-from jax_kernel.sandbox import Sandbox  # noqa: E402
+from jax_kernel.policy.sandbox import Sandbox  # noqa: E402
 
 APPLY = """
 import json, sys, time
@@ -241,7 +241,7 @@ def file_rounds(sandbox: Sandbox, rounds: int) -> tuple[list[dict], list[dict]]:
 
 def sanitize_cost(rounds: int) -> tuple[float, int]:
     """Median ms to clean a 1 MB HTML output (a pandas-like table with a script and a handler)."""
-    from jax_kernel.active_outputs import sanitize_bundle
+    from jax_kernel.kernel.active_outputs import sanitize_bundle
 
     rows = "".join(
         f"<tr><td class='n'>{i}</td><td>{i * 0.5}</td><td>row {i}</td></tr>" for i in range(20_000)

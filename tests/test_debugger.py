@@ -20,7 +20,7 @@ import pytest
 from conftest import Kernel, Result, execute, request, start_kernel, stop_kernel
 from jupyter_client.blocking import BlockingKernelClient
 
-from jax_kernel import wire
+from jax_kernel.protocol import wire
 from jax_kernel.worker.cellnames import HASH_SEED, murmur2
 
 CELL = "a = 10\nb = a + 32\nprint('b is', b)\n"

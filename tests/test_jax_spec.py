@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from jax_kernel import jaxspec
-from jax_kernel.jaxspec import JaxSpecError
+from jax_kernel.protocol import jaxspec
+from jax_kernel.protocol.jaxspec import JaxSpecError
 
 
 @pytest.mark.parametrize(
@@ -95,6 +95,8 @@ def test_load_settings_and_their_environment() -> None:
 
 
 def test_jaxspec_does_not_import_jax() -> None:
-    code = "import sys, jax_kernel.jaxspec, jax_kernel.jax_messages; print('jax' in sys.modules)"
+    code = (
+        "import sys, jax_kernel.protocol.jaxspec, jax_kernel.kernel.jax_requests; print('jax' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -359,7 +359,7 @@ def test_interrupt_stops_a_transform_request_and_keeps_state(jk: Kernel, client:
 
 def test_kernel_process_never_imports_jax() -> None:
     code = (
-        "import sys, jax_kernel, jax_kernel.kernel, jax_kernel.client, jax_kernel.jaxspec\n"
+        "import sys, jax_kernel, jax_kernel.kernel.jaxkernel, jax_kernel.client, jax_kernel.protocol.jaxspec\n"
         "assert 'jax' not in sys.modules, 'jax imported'\n"
         "f = jax_kernel.execute_jax_transformation\n"
         "assert callable(f) and 'jax' not in sys.modules\n"

@@ -336,7 +336,7 @@ def _set_port() -> tuple[int, str]:
 def test_connections_without_the_key_are_turned_away(jset: Kernel) -> None:
     import socket
 
-    from jax_kernel import wire
+    from jax_kernel.protocol import wire
 
     port, key = _set_port()
     for forged_key in (os.urandom(32), bytes.fromhex(key)):

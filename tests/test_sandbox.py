@@ -591,7 +591,7 @@ def test_off_profile_applies_nothing_and_none_hides_accelerators(tmp_path: Path)
 
 
 def test_device_requests_cannot_exceed_the_policy() -> None:
-    from jax_kernel.sandbox import Sandbox
+    from jax_kernel.policy.sandbox import Sandbox
 
     assert Sandbox(accelerators="all").refuse_device("cuda", 3) is None
     assert "allows no accelerators" in (Sandbox(accelerators="none").refuse_device("cuda", 0) or "")

@@ -214,7 +214,7 @@ def test_a_loopback_resolver_is_forwarded_as_dns(tmp_path: Path) -> None:
     resolv.conf names the namespace's 127.0.0.1:53, which the kernel carries to the resolver."""
     import subprocess
 
-    from jax_kernel.netns import Egress
+    from jax_kernel.host.netns import Egress
 
     resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

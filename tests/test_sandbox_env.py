@@ -65,7 +65,7 @@ def test_kernel_only_variables_stay_out(env_kernel: Kernel) -> None:
 
 
 def test_deployer_allows_and_sets_variables(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from jax_kernel.sandbox import DEFAULT_ENV_ALLOW
+    from jax_kernel.policy.sandbox import DEFAULT_ENV_ALLOW
 
     allow = [*DEFAULT_ENV_ALLOW, "MY_APP_*", "MY_API_TOKEN"]
     km, kc = start_kernel(

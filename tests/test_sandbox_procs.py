@@ -242,7 +242,7 @@ def test_a_worker_opens_only_its_leased_accelerators_device_files() -> None:
     nodes are /dev/full's and /dev/zero's, and a process in the worker's cgroups tries each."""
     import stat as statmod
 
-    from jax_kernel.sandbox import Sandbox, _own_cgroups
+    from jax_kernel.policy.sandbox import Sandbox, _own_cgroups
 
     if os.geteuid() != 0 or "devices" not in _own_cgroups():
         pytest.skip("no v1 devices cgroup controller this process can delegate (root, cgroup v1)")

@@ -14,7 +14,7 @@ import pytest
 from conftest import TIMEOUT, Kernel, shell_replies
 from jupyter_client.blocking import BlockingKernelClient
 
-from jax_kernel import wire
+from jax_kernel.protocol import wire
 
 MB = 1 << 20
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import Kernel, start_kernel, stop_kernel
 
-from jax_kernel import wire
+from jax_kernel.protocol import wire
 
 # Cell code that finds the worker's end of the wire (its fd from the command line) and writes raw frames on it.
 INJECT = """

@@ -9,9 +9,9 @@ it import IPython, and JAX is imported later still, by cell code.
 
 from __future__ import annotations
 
-from ..importpath import drop_unsafe_entries
+from ..protocol.importpath import drop_unsafe_entries
 
-drop_unsafe_entries()  # before anything else is imported: see jax_kernel.importpath
+drop_unsafe_entries()  # before anything else is imported: see jax_kernel.protocol.importpath
 
 import ctypes  # noqa: E402
 import json  # noqa: E402
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     diag = os.fdopen(os.dup(2), "w", buffering=1)
     faulthandler.enable(file=diag)
 
-    from .. import wire
+    from ..protocol import wire
     from .server import WorkerServer
 
     sock = socket.socket(fileno=fd)

@@ -14,8 +14,8 @@ from typing import Any
 import comm
 from comm.base_comm import BaseComm, CommManager
 
-from .. import wire
-from ..wire import COMM_MSG_TYPES
+from ..protocol import wire
+from ..protocol.wire import COMM_MSG_TYPES
 from .jsonable import jsonable
 
 

@@ -13,7 +13,7 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
-from .. import wire
+from ..protocol import wire
 from .threads import service_thread
 
 

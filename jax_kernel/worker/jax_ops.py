@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import jaxspec
-from ..jaxspec import JaxSpecError
+from ..protocol import jaxspec
+from ..protocol.jaxspec import JaxSpecError
 
 #: Largest serialized program accepted (bytes).
 MAX_PROGRAM_BYTES = 256 * 1024 * 1024

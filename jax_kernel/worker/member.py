@@ -7,7 +7,7 @@ are ignored).  It does as little as it can before it is sandboxed:
 1. arrange to die with its parent (the launcher's process: ``mpiexec``'s daemon, or the kernel);
 2. read the set's connection file (address and key, mode 0600) and connect back to the kernel
    over TCP; the kernel's first bytes are a nonce, from which both sides derive this
-   connection's key (encrypted and authenticated frames, :class:`jax_kernel.wire.SealedConnection`);
+   connection's key (encrypted and authenticated frames, :class:`jax_kernel.protocol.wire.SealedConnection`);
 3. say ``hello`` (pid, host, launcher rank, a free port for JAX's coordinator) and wait for
    ``setup``: the worker config and the scrubbed environment the kernel gives every worker;
 4. re-execute itself as an ordinary worker with that environment, so that nothing of the
@@ -19,16 +19,16 @@ The worker then applies the sandbox before importing anything else, as a local w
 
 from __future__ import annotations
 
-from ..importpath import drop_unsafe_entries, python_module_command
+from ..protocol.importpath import drop_unsafe_entries, python_module_command
 
-drop_unsafe_entries()  # before anything else is imported: see jax_kernel.importpath
+drop_unsafe_entries()  # before anything else is imported: see jax_kernel.protocol.importpath
 
 import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 
-from .. import wire  # noqa: E402
+from ..protocol import wire  # noqa: E402
 from .__main__ import die_with_parent  # noqa: E402
 
 #: Environment variables that carry a launcher's rank for this process (MPI, PMIx, SLURM).

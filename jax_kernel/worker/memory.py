@@ -13,7 +13,7 @@ import math
 import sys
 from typing import Any
 
-from .. import wire
+from ..protocol import wire
 
 #: Live arrays listed by ``%jax_memory`` unless ``--top`` says otherwise.
 DEFAULT_TOP = 10

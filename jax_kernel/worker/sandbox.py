@@ -41,8 +41,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-#: Exit code of a worker that refuses to start because the strict profile can't be met.
-EXIT_STRICT = 78
+from ..protocol.exitcodes import EXIT_STRICT
 
 #: What the last :func:`apply` did, for ``%sandbox`` and the ``ready`` message.
 REPORT: dict[str, Any] = {"profile": "off", "active": {}, "unavailable": {}}
@@ -288,7 +287,7 @@ def _namespaces(policy: dict[str, Any], report: _Report) -> list[str]:
     """
     want_net = not policy.get("allow_network", True)
     # The namespace the kernel made: a set's private network, or this kernel's user-mode egress
-    # (jax_kernel.netns); either way the kernel checks from /proc that we joined it.
+    # (jax_kernel.host.netns); either way the kernel checks from /proc that we joined it.
     join = policy.get("join_netns")
     egress = policy.get("egress") or {}
     uid, gid = os.getuid(), os.getgid()

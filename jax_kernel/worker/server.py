@@ -30,8 +30,8 @@ from IPython.core.error import StdinNotImplementedError
 from IPython.utils.tokenutil import token_at_cursor
 from traitlets.config import Config
 
-from .. import wire
-from ..budget import OutputBudget
+from ..protocol import wire
+from ..protocol.budget import OutputBudget
 from . import cellnames, comms, compile_notice, importhooks, jax_ops, jaxdisplay, memory, sandbox
 from .inbox import Inbox
 from .jsonable import jsonable
@@ -453,7 +453,7 @@ def pin_cpus(cores: list[int]) -> None:
 
     Affinity is per thread and inherited at creation, so the threads that exist are set one by one.
     The sandbox's seccomp filter allows this thread (0) and the main one (our pid) only; the kernel
-    pins the others from outside (``jax_kernel.accelerators.pin_tasks``), so a refusal for them is
+    pins the others from outside (``jax_kernel.policy.accelerators.pin_tasks``), so a refusal for them is
     expected and not reported.
     """
     wanted = {int(c) for c in cores}

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import wire
-from ..budget import OutputBudget
+from ..protocol import wire
+from ..protocol.budget import OutputBudget
 from .threads import service_thread
 
 Send = Callable[[dict[str, Any]], None]

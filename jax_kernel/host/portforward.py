@@ -1,6 +1,6 @@
 """Kernel side: carry connections from inside a worker's network namespace to chosen host ports.
 
-A worker under user-mode egress (:class:`jax_kernel.netns.Egress`) can't reach the host's
+A worker under user-mode egress (:class:`jax_kernel.host.netns.Egress`) can't reach the host's
 loopback: that is where every kernel's ports, the Jupyter server and local services listen.  The
 services the deployer names (``Sandbox.host_ports``: a local database, MLflow, a model server)
 are brought back one port at a time: the namespace's holder makes a listening socket at

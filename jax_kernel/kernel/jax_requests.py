@@ -19,9 +19,9 @@ import typing as t
 from traitlets import Integer
 from traitlets.config import Configurable
 
-from . import jaxspec, wire
-from .accelerators import LeaseError
-from .manager import WorkerDied, WorkerError
+from ..policy.accelerators import LeaseError
+from ..protocol import jaxspec, wire
+from ..supervision.manager import WorkerDied, WorkerError
 
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
 

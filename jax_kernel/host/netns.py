@@ -11,7 +11,7 @@ Two uses:
   the host's loopback, where every kernel's ports, the Jupyter server, tmux-less local services and
   other notebooks' debug ports listen.  ``slirp4netns --disable-host-loopback`` gives the namespace
   a NAT'd interface; the host ports the deployer names are forwarded by the kernel
-  (:mod:`jax_kernel.portforward`).
+  (:mod:`jax_kernel.host.portforward`).
 
 A socket stays in the namespace it was made in: a worker's or member's wire to the kernel,
 connected before it joins, keeps working, and the listening sockets the holder makes inside the

@@ -3,7 +3,7 @@
 ipykernel runs debugpy in the kernel process; here the code being debugged is in the
 worker, so :class:`DebuggerRelay` (a mixin of ``JaxKernel``) carries each DAP request to
 the worker's pydevd (see ``worker/debugger.py``) and publishes what comes back.  What the
-worker sends is checked by :func:`jax_kernel.wire.check_dap` before it reaches IOPub.
+worker sends is checked by :func:`jax_kernel.protocol.wire.check_dap` before it reaches IOPub.
 
 ``debug_request`` arrives on the control channel, which ipykernel serves on its own
 thread and event loop; the worker manager lives on the shell's loop, so every exchange
@@ -25,8 +25,8 @@ import typing as t
 from traitlets import Bool
 from traitlets.config import Configurable
 
-from . import wire
-from .manager import WorkerError
+from ..protocol import wire
+from ..supervision.manager import WorkerError
 
 
 def _response(request: dict[str, t.Any], message: str) -> dict[str, t.Any]:

@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import wire
-from .budget import COUNTED, OutputBudget, output_size
-from .importpath import python_module_command
+from ..protocol import wire
+from ..protocol.budget import COUNTED, OutputBudget, output_size
+from ..protocol.importpath import python_module_command
 
 #: Frames handled per turn of the event loop before other callbacks get theirs.
 FRAMES_PER_TURN = 64

@@ -29,10 +29,11 @@ KERNEL_NAME = "jax"
 
 def kernelspec_source() -> Path:
     """The kernelspec files shipped with the package (or, in a source checkout, the repo's)."""
-    packaged = Path(__file__).parent / "data" / "kernelspec"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "data" / "kernelspec"
     if (packaged / "kernel.json").exists():
         return packaged
-    return Path(__file__).resolve().parent.parent / "kernelspec"
+    return package.parent / "kernelspec"
 
 
 def write_kernel_spec(

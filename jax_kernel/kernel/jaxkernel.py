@@ -1,7 +1,7 @@
 """JaxKernel: ipykernel's IPythonKernel, with every cell run in a supervised worker process.
 
 The kernel keeps the Jupyter protocol and nothing else: each ``do_*`` hook forwards the
-request to the worker over :mod:`jax_kernel.wire`, re-publishes what the worker sends
+request to the worker over :mod:`jax_kernel.protocol.wire`, re-publishes what the worker sends
 on IOPub under the right parent, and turns a dead worker into an error on the cell.
 """
 
@@ -20,10 +20,12 @@ import zmq
 from ipykernel.ipkernel import IPythonKernel
 from traitlets import Float, Instance, Integer, default
 
-from . import __version__, usage, wire
+from .. import __version__
+from ..protocol import wire
+from ..supervision.manager import WorkerDied, WorkerError, WorkerManager
+from . import usage
 from .debug_relay import DebuggerRelay
-from .jax_messages import JaxEntryPoints
-from .manager import WorkerDied, WorkerError, WorkerManager
+from .jax_requests import JaxEntryPoints
 
 #: Fields of each worker output message that become the IOPub message's content.
 _OUTPUT_FIELDS = {

@@ -1,4 +1,4 @@
-"""The spare kernel process's side of :mod:`jax_kernel.provisioner`: wait, warm up, wait again.
+"""The spare kernel process's side of :mod:`jax_kernel.launch.provisioner`: wait, warm up, wait again.
 
 Imports nothing heavy itself: the point of the delay is to leave the CPU to the kernel that was
 just started.
@@ -28,7 +28,7 @@ def wait_to_be_kernel() -> None:
         if line is not None:
             _go_or_exit(line)
             return
-    from .app import JaxKernelApp
+    from ..kernel.app import JaxKernelApp
 
     JaxKernelApp.prepare_spare(sys.argv[1:])
     _go_or_exit(_stdin_line(None) or b"")

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from . import wire
+from ..protocol import wire
 
 
 def _memory(proc: psutil.Process) -> int:

@@ -1,0 +1,1 @@
+"""Kernel process: the host facilities the supervisor uses (network namespaces, port forwarding)."""

@@ -1,0 +1,1 @@
+"""Outside the kernel: how Jupyter starts it (provisioner, spare kernel process, kernelspec)."""

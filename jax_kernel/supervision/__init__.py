@@ -1,0 +1,1 @@
+"""Kernel process: starting, watching, replacing and talking to workers (one, or a set)."""
