@@ -105,3 +105,13 @@ def test_public_paths_of_the_flat_layout_still_import(path, name):
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in (name, "launch_instance")
+
+
+def test_sources_tests_benches_and_notebooks_are_ruff_clean():
+    """Lint runs with every test run (and so in .ci/run): style drift fails like a bug does."""
+    root = PACKAGE.parent
+    ruff = [sys.executable, "-m", "ruff"]
+    paths = ["jax_kernel", "tests", "bench", "notebooks"]
+    for args in (["check", "--quiet", *paths], ["format", "--check", "--quiet", *paths]):
+        out = subprocess.run([*ruff, *args], cwd=root, capture_output=True, text=True)
+        assert out.returncode == 0, f"ruff {args[0]}:\n{out.stdout[-3000:]}{out.stderr[-1000:]}"

@@ -203,7 +203,8 @@ class Egress:
 
     def _start_slirp(self, slirp: str, timeout: float) -> None:
         ready_r, ready_w = os.pipe()
-        exit_r, self._exit_w = os.pipe()
+        exit_r, exit_w = os.pipe()
+        self._exit_w: int | None = exit_w
         try:
             self._slirp = subprocess.Popen(
                 [
@@ -259,8 +260,9 @@ class Egress:
 
     def close(self) -> None:
         self._forwarder.close()
-        if getattr(self, "_exit_w", None) is not None:
-            os.close(self._exit_w)
+        exit_w = getattr(self, "_exit_w", None)
+        if exit_w is not None:
+            os.close(exit_w)
             self._exit_w = None
         if self._slirp is not None:
             try:

@@ -129,7 +129,7 @@ class WidgetSanitizer:
         clean = self._clean_state(comm_id, state)
         if clean is state:
             return content
-        return {**content, "data": {**data, "state": clean}}
+        return {**content, "data": {**(data or {}), "state": clean}}
 
     def _clean_state(self, comm_id: str, state: dict[str, Any]) -> dict[str, Any]:
         out = state

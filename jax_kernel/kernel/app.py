@@ -49,7 +49,7 @@ class JaxKernelApp(IPKernelApp):
         """ipykernel's shortcuts minus those for the in-process shell (colors, pylab, ...): here
         they would configure nothing (see init_gui_pylab below), and --help-all fails on a class
         the app does not list."""
-        known = {c.__name__ for cls in [type(self), *self.classes] for c in cls.mro()}
+        known = {c.__name__ for cls in [type(self), *self.classes] for c in t.cast(type, cls).mro()}
         known.discard("InteractiveShellApp")  # pylab, extensions, startup code: the worker's business
 
         def targets(value: t.Any) -> set[str]:

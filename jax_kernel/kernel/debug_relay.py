@@ -67,7 +67,6 @@ class DebuggerRelay(Configurable):
         self._debug_setup: dict[str, dict[str, t.Any]] = {}  # initialize/attach requests to replay
         self._debug_breakpoints: dict[str, dict[str, t.Any]] = {}  # source path -> setBreakpoints request
         self._debug_worker: t.Any = None  # the worker the frontend's debug session runs in
-        self._debug_restart: asyncio.Future[None] | None = None
         self.manager.debug_event_handler = self._publish_debug_event
 
     def debugger_unavailable(self) -> str | None:

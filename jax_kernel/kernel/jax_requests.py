@@ -120,7 +120,8 @@ class JaxEntryPoints(Configurable):
             return _jax_error("DeviceLeaseError", f"{e}. The worker was kept as it was.")
 
     def _warn_replacing(self, content: dict[str, t.Any], in_cell: bool = False) -> str:
-        reason = content.get("reason") if isinstance(content.get("reason"), str) else "new JAX settings"
+        given = content.get("reason")
+        reason = given if isinstance(given, str) else "new JAX settings"
         rest = " Code after it in this cell did not run." if in_cell else ""
         warning = (
             f"{reason[:1000]}. Replacing the worker to apply them: all variables are lost.{rest} "
@@ -230,10 +231,10 @@ def _jax_request_fields(kind: str, content: t.Any) -> dict[str, t.Any]:
             raise jaxspec.JaxSpecError(
                 f"unknown {kind}_request field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        jaxspec.parse_transformation(content.get("transformation"))
+        jaxspec.parse_transformation(content.get("transformation"))  # type: ignore[arg-type]  # it checks
         return {
             "transformation": content["transformation"],
-            "function": jaxspec.check_function(content.get("function")),
+            "function": jaxspec.check_function(content.get("function")),  # type: ignore[arg-type]
             "args": jaxspec.check_args(content.get("args")),
             "options": jaxspec.check_options(
                 content.get("options"), jaxspec.TRANSFORM_OPTIONS, "transformation"

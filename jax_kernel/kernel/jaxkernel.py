@@ -535,7 +535,7 @@ class JaxKernel(DebuggerRelay, JaxEntryPoints, IPythonKernel):
     async def do_is_complete(self, code: str) -> dict[str, t.Any]:  # type: ignore[override]
         content = await self._ask("is_complete", {"code": code})
         status = content.get("status") if content else None
-        if status not in ("complete", "incomplete", "invalid", "unknown"):
+        if content is None or status not in ("complete", "incomplete", "invalid", "unknown"):
             return {"status": "unknown"}
         reply = {"status": status}
         if status == "incomplete" and isinstance(content.get("indent"), str):

@@ -321,7 +321,7 @@ def pin_tasks(pid: int, cores: list[int]) -> list[int]:
     can't pin the threads it already has when it takes up a lease.  The kernel, outside the
     sandbox, can; threads started later inherit the mask of the thread that starts them.
     """
-    wanted, done, refused = {int(c) for c in cores}, set(), []
+    wanted, done, refused = {int(c) for c in cores}, set[int](), list[int]()
     for _ in range(3):  # again, for threads started while we pinned
         try:
             tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - done

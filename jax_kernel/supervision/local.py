@@ -220,6 +220,10 @@ class WorkerProcess:
     #: How a death report names what died and what replaced it (a set of processes says its own).
     subject = "The worker process"
     fresh = "A fresh worker was started"
+    #: One process, started within ``WorkerManager.start_timeout``, under the manager's own lease.
+    processes = 1
+    start_timeout_setting = "WorkerManager.start_timeout"
+    lease: Any = None
 
     def __init__(
         self,
@@ -357,6 +361,11 @@ class WorkerProcess:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (atexit): the worker must not outlive the kernel."""
+        if self.alive():
+            self.kill("the kernel exited")
 
     def wait(self, timeout: float) -> int | None:
         """Wait for the process to exit; None if it is still running."""

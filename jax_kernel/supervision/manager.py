@@ -25,6 +25,7 @@ from ..policy.sandbox import Sandbox
 from ..protocol import jaxspec, wire
 from ..protocol.importpath import SAFE_PATH_ENV
 from .audit import audit
+from .handle import WorkerHandle
 from .local import Spawned, WorkerProcess, default_worker_argv, describe_exit, spawn
 from .workerset import ProcessSet, WorkerSet
 
@@ -166,7 +167,7 @@ class WorkerManager(LoggingConfigurable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.worker: WorkerProcess | WorkerSet | None = None
+        self.worker: WorkerHandle | None = None
         self.spare: WorkerProcess | None = None  # the standby, until a start takes it
         self._prespawned: Spawned | None = None  # a standby started before the loop existed
         self.lease: Lease | None = None  # devices this kernel holds for its workers
@@ -180,19 +181,18 @@ class WorkerManager(LoggingConfigurable):
         self.selftest_handler: Callable[[], None] = lambda: self.send_selftest_done(2)
         self.debug_event_handler: Callable[[dict[str, Any]], None] = lambda event: None
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[WorkerProcess, asyncio.Future[dict[str, Any]], str]] = {}
+        self._pending: dict[int, tuple[WorkerHandle, asyncio.Future[dict[str, Any]], str]] = {}
         self._grace_timers: set[int] = set()  # requests whose interrupt grace period is running
         self._death_report: WorkerDied | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self.starts = 0
         self.jax_overrides: dict[str, Any] = {}  # settings asked for by load_jax_library since start
         self.sandbox.check()  # a bad policy stops the kernel at start, not at the first cell
         self.accelerators.memory_cap()  # and so does a bad device policy (read when first made)
         self.sandbox.protect_kernel()
 
     # life cycle -------------------------------------------------------------------
-    def start(self) -> WorkerProcess:
+    def start(self) -> WorkerHandle:
         """Give the kernel a worker now: the standby if one is warm(ing), else a fresh spawn.
 
         Either way it becomes usable once it says it is ready; a new standby is started once it is.
@@ -207,9 +207,9 @@ class WorkerManager(LoggingConfigurable):
         config, env = self._job()
         settings = self._jax_settings()
         if settings.get("processes", 1) > 1:
-            self.worker = self._start_set(settings, config, env)
-            self.starts += 1
-            return self.worker
+            worker: WorkerHandle = self._start_set(settings, config, env)
+            self.worker = worker
+            return worker
         if self._prespawned is not None and self.spare is None:
             self.spare = self._watch(self._prespawned)
         self._prespawned = None
@@ -224,7 +224,6 @@ class WorkerManager(LoggingConfigurable):
             self.worker = self._spawn(config, env)
             self._restrict_devices(self.worker)
         self.worker.started_at = time.monotonic()
-        self.starts += 1
         cores = config.get("cpu_affinity")
         if cores:
             self._pin(self.worker, cores)
@@ -368,7 +367,7 @@ class WorkerManager(LoggingConfigurable):
             return
         if self.worker is None or not self.worker.ready.done() or self.worker.ready.exception():
             return
-        if isinstance(self.worker, WorkerSet):
+        if self.worker.processes > 1:
             return  # a set's processes need the CPU more than a standby for a later single worker
         if delay is None:
             delay = self.standby_delay
@@ -430,7 +429,7 @@ class WorkerManager(LoggingConfigurable):
         platform, wanted = request
         allowed = self.sandbox.accelerators if self.sandbox.enabled else "all"
         # A set being replaced by one worker: its devices are ours too (flock counts each open file).
-        leaving = self.worker if isinstance(self.worker, WorkerSet) else None
+        leaving = self.worker if self.worker is not None and self.worker.processes > 1 else None
         set_lease = leaving.lease if leaving is not None else None
         if set_lease is not None:
             set_lease.release()
@@ -502,7 +501,7 @@ class WorkerManager(LoggingConfigurable):
     def _jax_settings(self) -> dict[str, Any]:
         return {**self._jax_settings_defaults(), **self.jax_overrides}
 
-    async def replace(self, jax_settings: dict[str, Any]) -> WorkerProcess:
+    async def replace(self, jax_settings: dict[str, Any]) -> WorkerHandle:
         """Stop the current worker and start one whose JAX starts with these settings.
 
         JAX reads platform, visible devices, x64, host device count and allocator settings
@@ -522,21 +521,21 @@ class WorkerManager(LoggingConfigurable):
         self.start()
         return await self.ready_worker()
 
-    async def ready_worker(self) -> WorkerProcess:
+    async def ready_worker(self) -> WorkerHandle:
         """The current worker once ready, starting one if there is none."""
         worker = self.worker if self.worker is not None else self.start()
         ready = worker.ready
         if ready.done() and not ready.cancelled() and ready.exception() is None:
             return worker  # the usual case: no wait_for, which costs a turn of the loop per request
         # A set has its own, longer limit (a batch queue may hold it) and reports it itself.
-        is_set = isinstance(worker, WorkerSet)
+        is_set = worker.processes > 1
         timeout = self.processes.start_timeout + 5 if is_set else self.start_timeout
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), timeout)
         except TimeoutError:
             worker.kill("it did not become ready in time")
             self.worker = None
-            setting = "ProcessSet.start_timeout" if is_set else "WorkerManager.start_timeout"
+            setting = worker.start_timeout_setting
             raise WorkerStartFailed(
                 f"the worker did not start within {timeout:g} s (raise {setting} if the machine is slow)"
             ) from None
@@ -572,10 +571,8 @@ class WorkerManager(LoggingConfigurable):
         """Synchronous last resort (atexit): make sure no worker outlives the kernel."""
         self._stopping = True
         for worker in (self.worker, self.spare):
-            if isinstance(worker, WorkerSet):
+            if worker is not None:
                 worker.kill_now()
-            elif worker is not None and worker.alive():
-                worker.kill("the kernel exited")
 
     # requests ---------------------------------------------------------------------
     async def request(
@@ -603,7 +600,7 @@ class WorkerManager(LoggingConfigurable):
             if kind == "execute" and worker.sandbox and worker.sandbox.new_process_limit_hits() > 0:
                 self._after_process_limit(worker)
 
-    def _after_process_limit(self, worker: WorkerProcess) -> None:
+    def _after_process_limit(self, worker: WorkerHandle) -> None:
         """The cell ran into the task limit: end what it forked, so that the next cell can start
         threads again (XLA needs them), and say so."""
         killed = worker.sandbox.kill_children(worker.pid)
@@ -647,7 +644,7 @@ class WorkerManager(LoggingConfigurable):
         finally:
             self._pending.pop(req_id, None)
 
-    async def _cpu_watchdog(self, worker: WorkerProcess, fut: asyncio.Future[Any], limit: float) -> None:
+    async def _cpu_watchdog(self, worker: WorkerHandle, fut: asyncio.Future[Any], limit: float) -> None:
         """Kill the worker once the cell has used ``limit`` CPU seconds (all threads together).
 
         Kernel-side, because RLIMIT_CPU counts the worker's whole life, not one cell, and
@@ -666,7 +663,7 @@ class WorkerManager(LoggingConfigurable):
                 )
                 return
 
-    def _running_cell(self) -> tuple[int, WorkerProcess] | None:
+    def _running_cell(self) -> tuple[int, WorkerHandle] | None:
         for req_id, (worker, fut, kind) in self._pending.items():
             if kind in INTERRUPTIBLE and not fut.done():
                 return req_id, worker
@@ -699,7 +696,7 @@ class WorkerManager(LoggingConfigurable):
             self._grace_timers.add(req_id)
             self._loop.call_later(self.interrupt_grace, self._grace_expired, worker, req_id)
 
-    def _grace_expired(self, worker: WorkerProcess, req_id: int) -> None:
+    def _grace_expired(self, worker: WorkerHandle, req_id: int) -> None:
         # The timer belongs to the interrupted cell: if that cell has ended, a later cell on the same
         # worker is none of its business.
         self._grace_timers.discard(req_id)
@@ -725,13 +722,13 @@ class WorkerManager(LoggingConfigurable):
         worker.kill(f"{within} ({why}), so it was killed")
 
     # callbacks from the worker's threads (on the loop) -----------------------------
-    def _on_message(self, worker: WorkerProcess, msg: dict[str, Any]) -> None:
+    def _on_message(self, worker: WorkerHandle, msg: dict[str, Any]) -> None:
         kind = msg["type"]
         if kind in ("reply", "debug_reply"):
             # A debug reply arrives while the cell it stopped is still in flight: it has its own id.
             entry = self._pending.get(msg["id"])
             matches = entry is not None and (entry[2] == "debug") == (kind == "debug_reply")
-            if matches and entry[0] is worker and not entry[1].done():
+            if entry is not None and matches and entry[0] is worker and not entry[1].done():
                 entry[1].set_result(msg["content"])
         elif kind == "ready":
             if msg["protocol"] != wire.PROTOCOL_VERSION:
@@ -763,11 +760,11 @@ class WorkerManager(LoggingConfigurable):
             else:
                 self.output_handler(msg)
 
-    def _on_problem(self, worker: WorkerProcess, text: str) -> None:
+    def _on_problem(self, worker: WorkerHandle, text: str) -> None:
         if worker is self.worker:
             self.problem_handler(text)
 
-    def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
+    def _on_exit(self, worker: WorkerHandle, returncode: int | None) -> None:
         if worker is self.spare:  # a standby that died before it was needed: the next start spawns
             self.spare = None
             self.sandbox.worker_exited(worker.sandbox)
