@@ -25,7 +25,7 @@ import functools
 import os
 from typing import Any
 
-#: Architectures the worker's seccomp filter has system call tables for (worker/sandbox.py's _DENY):
+#: Architectures the worker's seccomp filter has system call tables for (worker/sandbox/seccomp.py's _DENY):
 #: elsewhere a worker reports seccomp unavailable, truthfully, and is not held to it.
 SECCOMP_ARCHES = ("x86_64", "aarch64")
 #: Capability sets in /proc/<pid>/status that must be empty (CapBnd only as root: see below).
