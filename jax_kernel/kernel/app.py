@@ -76,8 +76,6 @@ class JaxKernelApp(IPKernelApp):
         app = cls.instance()
         app.parse_command_line(argv)
         Application.load_config_file(app, app.config_file_name, path=jupyter_config_path())
-        import ipykernel.debugger  # noqa: F401 - imported by the kernel's init otherwise: 0.14 s
-
         app.prepared_manager = WorkerManager(config=app.config, log=app.log)
         app.prepared_manager.prespawn()
 

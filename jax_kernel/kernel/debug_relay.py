@@ -2,7 +2,7 @@
 
 ipykernel runs debugpy in the kernel process; here the code being debugged is in the
 worker, so :class:`DebuggerRelay` (a mixin of ``JaxKernel``) carries each DAP request to
-the worker's pydevd (see ``worker/debugger.py``) and publishes what comes back.  What the
+the worker's pydevd (see ``worker/debugger/``) and publishes what comes back.  What the
 worker sends is checked by :func:`jax_kernel.protocol.wire.check_dap` before it reaches IOPub.
 
 ``debug_request`` arrives on the control channel, which ipykernel serves on its own
@@ -22,70 +22,60 @@ import asyncio
 import importlib.util
 import typing as t
 
-from traitlets import Bool
-from traitlets.config import Configurable
-
-from ..protocol import wire
+from ..protocol import dap, wire
 from ..supervision.manager import WorkerError
 
 
 def _response(request: dict[str, t.Any], message: str) -> dict[str, t.Any]:
     """A failed DAP response saying why in one line."""
-    seq = request.get("seq")
-    command = request.get("command")
-    return {
-        "type": "response",
-        "request_seq": seq if isinstance(seq, int) and not isinstance(seq, bool) else 0,
-        "success": False,
-        "command": command if isinstance(command, str) else "",
-        "message": message,
-    }
+    return dap.response(request, False, message=message)
 
 
-class DebuggerRelay(Configurable):
-    """Handlers for debug_request; mixed into JaxKernel, which provides manager, session and IOPub."""
+class DebuggerRelay:
+    """Serves debug_request for the kernel: the worker's pydevd answers, its events go to IOPub."""
 
-    enable_debugger = Bool(
-        True,
-        help="Offer the visual debugger (JupyterLab, VS Code 'Debug cell'): debug_requests reach pydevd "
-        "inside the worker. False refuses them and kernel_info says the debugger is unavailable.",
-    ).tag(config=True)
-
-    if t.TYPE_CHECKING:
-        log: t.Any
-        manager: t.Any
-        session: t.Any
-        iopub_socket: t.Any
-        io_loop: t.Any
-
-        def get_parent(self, channel: str | None = None) -> dict[str, t.Any]: ...
-        def _topic(self, topic: str) -> bytes: ...
-
-    def init_debug_relay(self) -> None:
-        """Wire the manager's debug events to IOPub; call once from the kernel's __init__."""
+    def __init__(
+        self,
+        manager: t.Any,
+        session: t.Any,
+        iopub_socket: t.Any,
+        topic: t.Callable[[str], bytes],
+        shell_loop: t.Callable[[], asyncio.AbstractEventLoop],
+        control_parent: t.Callable[[], dict[str, t.Any]],
+        enabled: bool,
+        log: t.Any,
+    ) -> None:
+        self.manager = manager
+        self.session = session
+        self.iopub_socket = iopub_socket
+        self._topic = topic
+        self._shell_loop = shell_loop
+        self._control_parent = control_parent
+        self.enabled = enabled
+        self.log = log
         self._debug_parent: dict[str, t.Any] = {}
         self._debug_setup: dict[str, dict[str, t.Any]] = {}  # initialize/attach requests to replay
         self._debug_breakpoints: dict[str, dict[str, t.Any]] = {}  # source path -> setBreakpoints request
         self._debug_worker: t.Any = None  # the worker the frontend's debug session runs in
-        self.manager.debug_event_handler = self._publish_debug_event
+        manager.debug_event_handler = self._publish_debug_event
 
     def debugger_unavailable(self) -> str | None:
         """Why the debugger can't be offered, or None when it can."""
-        if not self.enable_debugger:
+        if not self.enabled:
             return "the debugger is turned off (JaxKernel.enable_debugger = False)"
         if importlib.util.find_spec("debugpy") is None:
             return "debugpy is not installed in the kernel's environment"
         return None
 
-    async def do_debug_request(self, msg: dict[str, t.Any]) -> dict[str, t.Any]:  # type: ignore[override]
-        """One DAP request from the frontend, answered by the worker's debugger."""
+    async def handle(self, msg: dict[str, t.Any]) -> dict[str, t.Any]:
+        """One DAP request from the frontend (on the control thread), answered by the worker's debugger."""
         why = self.debugger_unavailable()
         if why is not None:
             return _response(msg, why)
         if not isinstance(msg, dict) or not isinstance(msg.get("command"), str):
             return _response(msg if isinstance(msg, dict) else {}, "a debug_request needs a DAP command")
-        self._debug_parent = self.get_parent("control")
-        future = asyncio.run_coroutine_threadsafe(self._debug_in_worker(msg), self.io_loop.asyncio_loop)
+        self._debug_parent = self._control_parent()
+        future = asyncio.run_coroutine_threadsafe(self._debug_in_worker(msg), self._shell_loop())
         return await asyncio.wrap_future(future)
 
     async def _debug_in_worker(self, request: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -140,7 +130,7 @@ class DebuggerRelay(Configurable):
             await self._ask_worker(request)
         self._debug_worker = self.manager.worker
 
-    def debug_worker_gone(self) -> None:
+    def worker_gone(self) -> None:
         """The worker died: whatever was stopped in it is not any more."""
         if self._debug_worker is not None:
             self._publish_debug_event(

@@ -1,7 +1,7 @@
 """The kernel side of the JAX entry points' custom shell messages.
 
 ``jax_load_request``, ``jax_transform_request`` and ``jax_program_request`` arrive on the
-shell channel like ``execute_request``; :class:`JaxEntryPoints` (a mixin of ``JaxKernel``)
+shell channel like ``execute_request``; :class:`JaxRequests` (a part of ``JaxKernel``)
 checks their fields here, in the kernel, so bad input gets a one-line error without a round
 trip, forwards them to the worker as the wire requests of the same kind, and rebuilds the
 reply field by field from what the (untrusted) worker sent, within a size limit.
@@ -16,58 +16,38 @@ import base64
 import json
 import typing as t
 
-from traitlets import Integer
-from traitlets.config import Configurable
-
 from ..policy.accelerators import LeaseError
 from ..protocol import jaxspec, wire
+from ..protocol.schema import error_line
 from ..supervision.manager import WorkerDied, WorkerError
-
-_RED, _RESET = "\x1b[0;31m", "\x1b[0m"
-
-
-class MalformedJaxReply(WorkerError):
-    """The worker answered a jax_* request with something that is not a valid reply."""
+from .outputs import Origin, OutputPublisher
+from .replies import MalformedReply
+from .replies import require as _require
 
 
-def _require(content: dict[str, t.Any], field: str, kind: type | tuple[type, ...]) -> t.Any:
-    value = content.get(field)
-    if not isinstance(value, kind):
-        raise MalformedJaxReply(f"reply field {field!r} is missing or has the wrong type")
-    return value
+class JaxRequests:
+    """Serves the jax_*_request shell messages for the kernel, and a cell's request for a new worker."""
 
+    def __init__(
+        self,
+        manager: t.Any,
+        session: t.Any,
+        publisher: OutputPublisher,
+        log: t.Any,
+        reply_limit: int,
+        max_program_bytes: int,
+    ) -> None:
+        self.manager = manager
+        self.session = session
+        self.publisher = publisher
+        self.log = log
+        self.jax_reply_limit = reply_limit
+        self.max_program_bytes = max_program_bytes
 
-class JaxEntryPoints(Configurable):
-    """Handlers for the jax_*_request shell messages; mixed into JaxKernel.
-
-    A Configurable so that its traitlets are real traits of JaxKernel (``c.JaxKernel.max_program_bytes``);
-    it uses the kernel's ``manager``, ``session``, ``_publish`` and output parent.
-    """
-
-    jax_reply_limit = Integer(
-        16 * 1024 * 1024,
-        help="Largest jax_*_reply (bytes of JSON) relayed from the worker; a larger one becomes an error.",
-    ).tag(config=True)
-
-    max_program_bytes = Integer(
-        256 * 1024 * 1024,
-        help="Largest serialized JAX program a jax_program_request may send or name; larger ones are refused.",
-    ).tag(config=True)
-
-    if t.TYPE_CHECKING:
-        log: t.Any
-        manager: t.Any
-        session: t.Any
-        shell_handlers: dict[str, t.Any]
-        _output_parent: dict[str, t.Any]
-        _output_ident: t.Any
-
-        def _publish(self, msg_type: str, content: dict[str, t.Any]) -> None: ...
-
-    def register_jax_handlers(self) -> None:
+    def register(self, shell_handlers: dict[str, t.Any]) -> None:
         """Add the custom messages to ipykernel's shell dispatch table (busy/idle come with it)."""
         for kind in wire.JAX_REQUESTS:
-            self.shell_handlers[f"{kind}_request"] = self.jax_request
+            shell_handlers[f"{kind}_request"] = self.jax_request
 
     async def jax_request(self, stream: t.Any, ident: t.Any, parent: dict[str, t.Any]) -> None:
         """Validate a jax_*_request, have the worker serve it, and send back the checked reply.
@@ -76,8 +56,7 @@ class JaxEntryPoints(Configurable):
         as for any shell request; outputs the worker prints go out under this request.
         """
         kind = parent["header"]["msg_type"].removesuffix("_request")
-        self._output_parent = parent
-        self._output_ident = ident
+        origin = self.publisher.begin(Origin(parent, ident))
         try:
             fields = _jax_request_fields(kind, parent.get("content"))
             if kind == "jax_program":
@@ -92,20 +71,20 @@ class JaxEntryPoints(Configurable):
             reply = _jax_error("JaxRequestError", str(e))
         else:
             try:
-                reply = await self._serve_jax(kind, fields)
+                reply = await self._serve_jax(kind, fields, origin)
             except Exception as e:  # noqa: BLE001 - a request must always get a reply, or the client hangs
                 self.log.exception("Failed to serve %s_request", kind)
                 reply = _jax_error("KernelError", f"the kernel failed to serve {kind}_request: {e!r}")
         self.session.send(stream, f"{kind}_reply", reply, parent, ident)
 
-    async def _serve_jax(self, kind: str, fields: dict[str, t.Any]) -> dict[str, t.Any]:
+    async def _serve_jax(self, kind: str, fields: dict[str, t.Any], origin: Origin) -> dict[str, t.Any]:
         try:
-            content = await self.manager.request(kind, fields)
+            content = await self.manager.request(kind, fields, origin=origin)
             if kind == "jax_load" and content.get("status") == "restart":
                 settings = jaxspec.check_load_settings(content.get("settings") or {})
                 self.manager.reserve_for(settings)  # a refused lease leaves the worker as it is
-                warning = self._warn_replacing(content)
-                reply = await self._load_in_new_worker(settings)
+                warning = self._warn_replacing(content, origin)
+                reply = await self._load_in_new_worker(settings, origin)
                 reply.update(worker_replaced=True, warning=warning)
                 return reply
             return self._checked_jax_reply(kind, content)
@@ -119,7 +98,7 @@ class JaxEntryPoints(Configurable):
         except LeaseError as e:
             return _jax_error("DeviceLeaseError", f"{e}. The worker was kept as it was.")
 
-    def _warn_replacing(self, content: dict[str, t.Any], in_cell: bool = False) -> str:
+    def _warn_replacing(self, content: dict[str, t.Any], origin: Origin, in_cell: bool = False) -> str:
         given = content.get("reason")
         reason = given if isinstance(given, str) else "new JAX settings"
         rest = " Code after it in this cell did not run." if in_cell else ""
@@ -127,15 +106,17 @@ class JaxEntryPoints(Configurable):
             f"{reason[:1000]}. Replacing the worker to apply them: all variables are lost.{rest} "
             "(Put %load_jax / load_jax_library first in a notebook to avoid this.)"
         )
-        self._publish("stream", {"name": "stderr", "text": f"[jax-kernel] {warning}\n"})
+        self.publisher.problem(warning, origin)
         return warning
 
-    async def _replace_for_jax(self, restart: dict[str, t.Any], reply: dict[str, t.Any]) -> dict[str, t.Any]:
+    async def replace_for_cell(
+        self, restart: dict[str, t.Any], reply: dict[str, t.Any], origin: Origin
+    ) -> dict[str, t.Any]:
         """A cell's load_jax_library needs a new worker: warn, replace it, load JAX there, show the result."""
         try:
             settings = jaxspec.check_load_settings(restart.get("settings") or {})
         except jaxspec.JaxSpecError as e:
-            raise MalformedJaxReply(f"bad jax_restart settings from the worker: {e}") from None
+            raise MalformedReply(f"bad jax_restart settings from the worker: {e}") from None
         try:
             self.manager.reserve_for(settings)
         except (LeaseError, jaxspec.JaxSpecError) as e:
@@ -144,18 +125,19 @@ class JaxEntryPoints(Configurable):
             else:
                 error = _jax_error("JaxLoadError", str(e))
             error = {k: error[k] for k in ("ename", "evalue", "traceback")}
-            self._publish("error", error)
+            self.publisher.publish("error", error, origin)
             return {**reply, "status": "error", **error}
-        self._warn_replacing(restart, in_cell=True)
-        content = await self._load_in_new_worker(settings)
+        self._warn_replacing(restart, origin, in_cell=True)
+        content = await self._load_in_new_worker(settings, origin)
         if content["status"] == "ok":
-            self._publish("display_data", {"data": content["data"], "metadata": {}, "transient": {}})
+            data = {"data": content["data"], "metadata": {}, "transient": {}}
+            self.publisher.publish("display_data", data, origin)
             return reply
         error = {k: content[k] for k in ("ename", "evalue", "traceback")}
-        self._publish("error", error)
+        self.publisher.publish("error", error, origin)
         return {**reply, "status": "error", **error}
 
-    async def _load_in_new_worker(self, settings: dict[str, t.Any]) -> dict[str, t.Any]:
+    async def _load_in_new_worker(self, settings: dict[str, t.Any], origin: Origin) -> dict[str, t.Any]:
         """Replace the worker with one started with ``settings`` and load JAX there.
 
         If JAX cannot start that way (a platform that is not there), later workers go back to
@@ -165,7 +147,7 @@ class JaxEntryPoints(Configurable):
         try:
             await self.manager.replace(settings)
             reply = self._checked_jax_reply(
-                "jax_load", await self.manager.request("jax_load", {"settings": settings})
+                "jax_load", await self.manager.request("jax_load", {"settings": settings}, origin=origin)
             )
         except BaseException:
             self.manager.jax_overrides = previous  # e.g. the new worker did not start
@@ -184,10 +166,10 @@ class JaxEntryPoints(Configurable):
                 [s for s in _require(content, "traceback", list) if isinstance(s, str)][-50:],
             )
         if status != "ok":
-            raise MalformedJaxReply(f"{kind} reply has no valid status")
+            raise MalformedReply(f"{kind} reply has no valid status")
         data = _require(content, "data", dict)
         if not all(isinstance(v, str) for k, v in data.items() if k.startswith("text/")):
-            raise MalformedJaxReply("text/* entries of the result bundle must be strings")
+            raise MalformedReply("text/* entries of the result bundle must be strings")
         reply: dict[str, t.Any] = {"status": "ok", "data": data, "metadata": {}}
         if kind == "jax_load":
             reply["info"] = _require(content, "info", dict)
@@ -208,7 +190,7 @@ def _jax_error(ename: str, evalue: str, traceback: list[str] | None = None) -> d
         "status": "error",
         "ename": ename,
         "evalue": evalue,
-        "traceback": traceback if traceback is not None else [f"{_RED}{ename}{_RESET}: {evalue}"],
+        "traceback": traceback if traceback is not None else [error_line(ename, evalue)],
     }
 
 

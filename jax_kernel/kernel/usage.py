@@ -10,6 +10,7 @@ can read, is added from its ``usage`` reply, checked by :func:`wire.validate_usa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any
@@ -79,6 +80,30 @@ def reply_content(probe: UsageProbe, worker_pid: int | None) -> dict[str, Any]:
         **probe.process_usage(worker_pid),
         **host_usage(),
     }
+
+
+async def usage_reply(manager: Any, probe: UsageProbe, timeout: float, log: Any) -> dict[str, Any]:
+    """The whole ``usage_reply`` content; runs on the control thread.
+
+    The question to the worker goes through the manager's loop, and the psutil figures are read
+    while it is out; a worker that does not answer within ``timeout`` leaves the devices out.
+    """
+    worker, loop = manager.worker, manager.loop
+    asked = None
+    if loop is not None and not loop.is_closed():
+        asked = asyncio.run_coroutine_threadsafe(manager.request_if_ready("usage", {}, timeout), loop)
+    content = reply_content(probe, worker.pid if worker is not None else None)
+    answer = None
+    if asked is not None:
+        try:
+            answer = await asyncio.wait_for(asyncio.wrap_future(asked), timeout + 0.5)
+        except TimeoutError:
+            asked.cancel()
+    devices, problem = device_part(answer)
+    if problem:
+        log.warning("Ignoring the worker's device figures: %s", problem)
+    content.update(devices)
+    return content
 
 
 def device_part(answer: Any) -> tuple[dict[str, Any], str]:

@@ -117,14 +117,14 @@ class JaxProvisioner(LocalProvisioner):  # type: ignore[misc]
     shutdown_poll = Float(
         0.5,
         help="Seconds to watch, 5 ms apart, for the kernel to exit after a shutdown request. "
-        "jupyter_client polls every 0.1 s once this returns; the kernel exits within tens of ms.",
+        "jupyter_client polls every 0.1 s once this returns; the kernel exits well before that.",
     ).tag(config=True)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """Wait (briefly) for the kernel to exit, so KernelManager finds it gone at its first poll.
 
         A restart otherwise sleeps out jupyter_client's 0.1 s poll interval for a process that
-        exits ~50 ms after the request; a kernel slower than ``shutdown_poll`` is left to the
+        exits well within one poll (bench/RESULTS.md, "Measurements behind design choices"); a kernel slower than ``shutdown_poll`` is left to the
         manager's usual wait.
         """
         if self.process is None:

@@ -12,7 +12,7 @@ import signal
 from typing import Any
 
 from ..protocol.exitcodes import EXIT_STRICT
-from .limits import WorkerSandbox
+from .limits import WorkerSandbox, parse_size
 
 
 def kernel_side(active_outputs_mode: str, cpu_time_limit: float, made: list[str]) -> dict[str, str]:
@@ -71,3 +71,23 @@ def explain_exit(ws: WorkerSandbox, returncode: int | None, profile: str) -> str
     if returncode == -signal.SIGXCPU:
         return "exceeded the sandbox's CPU time limit (Sandbox.cpu_time_limit)"
     return None
+
+
+def policy_info(sandbox: Any) -> dict[str, Any]:
+    """``Sandbox``'s policy and what its last worker reported, as ``kernel_info_reply`` carries it."""
+    info: dict[str, Any] = {
+        "profile": sandbox.profile,
+        "allow_network": sandbox.network_allowed,
+        "egress": sandbox.egress if sandbox.network_allowed else None,
+        "active_outputs": sandbox.active_outputs_mode,
+        "host_ports": list(sandbox.host_ports),
+        "memory_limit": parse_size(sandbox.memory_limit, "memory_limit") if sandbox.enabled else 0,
+        "max_processes": sandbox.max_processes,
+        "max_open_files": sandbox.max_open_files,
+        "max_file_size": parse_size(sandbox.max_file_size, "max_file_size"),
+        "cpu_time_limit": sandbox.cpu_time_limit,
+        "accelerators": sandbox.accelerators,
+    }
+    if sandbox.last_report is not None:
+        info.update(reported(sandbox.last_report))
+    return info

@@ -1,17 +1,30 @@
-"""Kernel process: which of the kernel's environment variables a worker gets.
+"""Kernel process: the environment a worker (or a set's member) starts with, built here only.
 
 The kernel's environment holds what no cell should see (its connection file, Jupyter's tokens,
 cloud credentials, a service's ``DATABASE_URL``), and the worker is started with an environment
 the kernel builds: the allowlist's variables of its own, the deployer's (``WorkerManager.worker_env``),
-never the deny list's, and the worker's private temp and cache dirs.  The lists are the defaults
-of ``Sandbox.env_allow`` and ``Sandbox.env_deny``.
+never the deny list's, and the worker's private temp and cache dirs (:func:`build`); on top of
+that, its job's: JAX's settings, the allocator's, the compilation cache and the devices it leased
+(:func:`job_environment`; a standby worker gets that part when it takes up work).  The lists are
+the defaults of ``Sandbox.env_allow`` and ``Sandbox.env_deny``.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol import jaxspec
+from ..protocol.importpath import SAFE_PATH_ENV
+from .accelerators import VISIBLE_DEVICES_ENV, Lease, pin_env
+
+#: Every variable that tells an accelerator runtime its devices, emptied: no accelerator at all.
+NO_DEVICES = {name: "" for names in VISIBLE_DEVICES_ENV.values() for name in names}
 
 #: Environment variables the worker never sees (fnmatch patterns, case-insensitive).
 DEFAULT_ENV_DENY = [
@@ -105,8 +118,15 @@ DEFAULT_ENV_ALLOW = [
 ]
 
 
+@functools.lru_cache(maxsize=32)
+def _pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex for a list of shell-style name patterns: compiled once per policy, not once per
+    variable and pattern at every worker start."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
+
+
 def _matches(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name.upper(), p) for p in patterns)
+    return _pattern(tuple(patterns)).match(name.upper()) is not None
 
 
 def worker_environment(
@@ -138,9 +158,86 @@ def worker_environment(
     clean["XDG_CACHE_HOME"] = os.path.join(tmp, "cache")
     if mplconfigdir:
         clean["MPLCONFIGDIR"] = mplconfigdir
+    # Sandbox.accelerators numbers CUDA's devices (it says so in its help).
     if accelerators == "none":
-        clean["CUDA_VISIBLE_DEVICES"] = ""
+        clean.update(dict.fromkeys(VISIBLE_DEVICES_ENV["cuda"], ""))
         clean.setdefault("JAX_PLATFORMS", "cpu")
     elif accelerators != "all":
-        clean["CUDA_VISIBLE_DEVICES"] = ",".join(i.strip() for i in accelerators.split(","))
+        ids = ",".join(i.strip() for i in accelerators.split(","))
+        clean.update(dict.fromkeys(VISIBLE_DEVICES_ENV["cuda"], ids))
     return clean
+
+
+#: ``Sandbox.worker_environment``: the kernel's environment and the deployer's variables in, what
+#: the policy lets through out.
+Scrub = Callable[[dict[str, str], dict[str, str]], dict[str, str]]
+
+
+def build(
+    environ: Mapping[str, str],
+    worker_env: Mapping[str, str],
+    scrub: Scrub,
+    job: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment a worker process or a set's member is started with: what ``scrub`` passes
+    of the kernel's ``environ`` and the deployer's ``worker_env`` (an empty value removes the
+    variable), and the ``job``'s variables on top (none for a standby worker)."""
+    env = dict(environ)
+    # The kernel's own safe import path (jax_kernel.protocol.importpath) is not the user's: the worker
+    # runs with -P itself, and `!python script.py` in a cell finds the script's siblings as usual.
+    for key in SAFE_PATH_ENV:
+        env.pop(key, None)
+    env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    extra = {}
+    for key, value in worker_env.items():
+        if value:
+            extra[key] = value
+        else:
+            env.pop(key, None)
+    # The deployer's worker_env passes the allowlist (they named it) but not the deny list:
+    # secrets never pass, even by config.
+    full = scrub(env, extra)
+    full.update(job or {})
+    return full
+
+
+@dataclass(frozen=True)
+class CompilationCache:
+    """JAX's persistent compilation cache as a worker is given it (``WorkerManager.compilation_cache*``)."""
+
+    folder: str
+    min_compile_secs: float
+    max_bytes: int
+
+    def env(self) -> dict[str, str]:
+        """The variables JAX reads for it; the same path at every start (JAX's cache key includes it)."""
+        return {
+            "JAX_COMPILATION_CACHE_DIR": self.folder,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": f"{self.min_compile_secs:g}",
+            "JAX_COMPILATION_CACHE_MAX_SIZE": str(self.max_bytes),
+        }
+
+
+def job_environment(
+    settings: Mapping[str, Any],
+    memory: Mapping[str, str],
+    cache: CompilationCache | None,
+    lease: Lease | None,
+    no_devices: bool = False,
+) -> dict[str, str]:
+    """The variables JAX reads for a worker's job: its load_jax_library ``settings``, the
+    allocator's ``memory`` (``Accelerators.memory_env``), the compilation ``cache`` unless the
+    settings name one, and the ``lease``'s devices; ``no_devices`` hides every accelerator (the
+    default lease could not be had: none rather than one another kernel holds)."""
+    env = jaxspec.settings_env(settings)
+    env.update(memory)
+    if cache is not None and "compilation_cache_dir" not in settings:
+        env.update(cache.env())
+    if lease is not None:
+        if lease.platform != "cpu":
+            env.update(pin_env(lease))
+        elif "host_device_count" not in settings:
+            env["JAX_NUM_CPU_DEVICES"] = str(len(lease.devices))
+    elif no_devices:
+        env.update(NO_DEVICES)
+    return env

@@ -9,6 +9,7 @@ memory limit") and empties of what the worker left behind.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..host.cgroups import Cgroup, _make_cgroup, _own_cgroups, _parent_cpuset
+from ..protocol.config import ResourceLimits, SandboxPolicy
 from .devices import ACCELERATOR_FILE
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -60,7 +62,7 @@ def parse_size(value: int | str, what: str) -> int:
 class WorkerSandbox:
     """What the kernel set up for one worker: its policy and its cgroups."""
 
-    policy: dict[str, Any]
+    policy: SandboxPolicy
     cgroups: dict[str, Cgroup] = field(default_factory=dict)
     report: dict[str, Any] | None = None
     limit_hits_seen: int = 0  # pids.events "max" when last read (see new_process_limit_hits)
@@ -159,12 +161,17 @@ class WorkerSandbox:
             for c in cgroups:
                 c.release()
         else:
-            threading.Thread(target=lambda: [c.release() for c in cgroups], daemon=True).start()
+            threading.Thread(target=_release_cgroups, args=(cgroups,), daemon=True).start()
+
+
+def _release_cgroups(cgroups: list[Cgroup]) -> None:
+    for c in cgroups:
+        c.release()
 
 
 def resource_limits(
     memory_limit: int | str, max_processes: int, max_open_files: int, max_file_size: int | str
-) -> dict[str, int]:
+) -> ResourceLimits:
     """The ``limits`` part of a worker's policy (the settings of the same names, sizes in bytes)."""
     return {
         "memory_limit": parse_size(memory_limit, "Sandbox.memory_limit"),
@@ -241,3 +248,63 @@ def make_worker_cgroups(
             continue
         made[controller] = cg
     return made
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) the process has used, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CgroupKeeper:
+    """The cgroups one ``Sandbox`` made: its workers' and its sets' parents, named after this
+    kernel, and removed when they end (or, at the latest, when the kernel exits)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self._ids = itertools.count(1)
+        self._live: set[WorkerSandbox] = set()
+        self._groups: list[dict[str, Cgroup]] = []  # sets' parent cgroups (make_group)
+
+    def _name(self) -> str:
+        return f"jax-kernel-{os.getpid()}-{next(self._ids)}"
+
+    def make_group(self, wanted: dict[str, dict[str, int | str]]) -> dict[str, Cgroup]:
+        """A set's parent cgroups (see ``Sandbox.prepare_group``)."""
+        group = make_group_cgroups(self._name(), wanted, self.log)
+        if group:
+            self._groups.append(group)
+        return group
+
+    def release_group(self, group: dict[str, Cgroup]) -> None:
+        """Remove a set's parent cgroups (what is left in them is killed first)."""
+        for cg in group.values():
+            cg.release()
+        if group in self._groups:
+            self._groups.remove(group)
+
+    def give(
+        self, ws: WorkerSandbox, wanted: dict[str, dict[str, int | str]], group: dict[str, Cgroup] | None
+    ) -> WorkerSandbox:
+        """Give the worker its cgroups, where we can, and name them in its policy."""
+        ws.cgroups = make_worker_cgroups(self._name(), wanted, ws.policy["fs"]["devices"], group, self.log)
+        ws.policy["cgroups"] = {c: os.path.join(cg.path, "cgroup.procs") for c, cg in ws.cgroups.items()}
+        if ws.cgroups:
+            self._live.add(ws)
+        return ws
+
+    def worker_exited(self, ws: WorkerSandbox) -> None:
+        """Kill what the worker left behind and remove its cgroups."""
+        self._live.discard(ws)
+        ws.release()
+
+    def release_all(self) -> None:
+        """At exit: every cgroup still held, waiting for what is in them to end."""
+        for ws in list(self._live):
+            ws.release(wait=True)
+        for group in list(self._groups):
+            self.release_group(group)

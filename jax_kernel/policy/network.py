@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from ..host.netns import Egress, NetworkError
+from ..protocol.config import SandboxPolicy
 
 
 class WorkerNetwork:
@@ -45,7 +45,7 @@ class WorkerNetwork:
         return self.egress
 
     def apply(
-        self, policy: dict[str, Any], state: str, allowed: bool, mode: str, host_ports: Sequence[int]
+        self, policy: SandboxPolicy, state: str, allowed: bool, mode: str, host_ports: Sequence[int]
     ) -> None:
         """Say in ``policy`` where the worker's network comes from: user-mode egress (``mode``,
         ``Sandbox.egress``), or the host's (and why); its resolv.conf goes in ``state``."""

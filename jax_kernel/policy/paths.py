@@ -16,7 +16,9 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+
+from ..protocol.config import FsPolicy
+from .statedir import matplotlib_cache
 
 #: The folder this package is installed in (site-packages, or an editable install's checkout).
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -258,11 +260,11 @@ def fs_policy(
     runtime: Iterable[str],
     protect_dotfiles: bool,
     shared_cache: tuple[str, str] | None,
-) -> dict[str, Any]:
+) -> FsPolicy:
     """The ``fs`` part of a worker's policy: ``writable`` folders (and the ``caches`` among them),
     the ``hidden`` patterns resolved, the ``devices`` it may open, the mask file in ``state`` with
     its (device, inode), what stays read-only and the ``shared_cache`` (root, folder), if any."""
-    fs: dict[str, Any] = {
+    fs: FsPolicy = {
         "writable": writable,
         "hidden": hidden_paths(hidden, state),
         "devices": devices,
@@ -277,3 +279,48 @@ def fs_policy(
         root, folder = (os.path.realpath(p) for p in shared_cache)
         fs["shared_cache"] = {"root": root, "folder": folder}
     return fs
+
+
+def worker_fs(
+    cwd: str | None,
+    state: str,
+    extra_writable: Sequence[str],
+    shared_cache: tuple[str, str] | None,
+    writable_paths: Sequence[str],
+    *,
+    hidden: Sequence[str],
+    devices: list[str],
+    mask_id: list[int] | None,
+    runtime: Iterable[str],
+    protect_dotfiles: bool,
+    made: list[str],
+    log: logging.Logger,
+) -> tuple[FsPolicy, list[str]]:
+    """One worker's ``fs`` policy and its writable folders, from ``Sandbox``'s settings.
+
+    The config placeholders made for it are added to ``made`` (the kernel's list of them, which
+    its policy's notes name), before the read-only paths are listed: only what exists can be bound.
+    """
+    runtime = list(runtime)
+    # Caches the kernel hands out hold data that no tool runs, and JAX keeps a .lockfile in
+    # its cache: no dot-file protection inside them.
+    caches = [
+        os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
+        *extra_writable,
+        *([shared_cache[1]] if shared_cache is not None else []),
+        matplotlib_cache(state) or "",
+    ]
+    writable, caches = writable_folders(cwd, state, caches, writable_paths)
+    made += config_placeholders(writable, state, protect_dotfiles, log)
+    fs = fs_policy(
+        writable,
+        state,
+        caches=caches,
+        hidden=hidden,
+        devices=devices,
+        mask_id=mask_id,
+        runtime=runtime,
+        protect_dotfiles=protect_dotfiles,
+        shared_cache=shared_cache,
+    )
+    return fs, writable

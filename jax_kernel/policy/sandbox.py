@@ -13,26 +13,25 @@ by the memory limit") and to clean up processes the worker left behind.
 
 Runs in the kernel process.  This module holds the settings and the entry points the
 supervisor calls; the work is done next to it: :mod:`.paths`, :mod:`.devices`,
-:mod:`.environment`, :mod:`.statedir`, :mod:`.limits`, :mod:`.network`, :mod:`.describe`, and
-:mod:`jax_kernel.host.cgroups`.
+:mod:`.environment`, :mod:`.statedir`, :mod:`.limits`, :mod:`.network`, :mod:`.describe`,
+:mod:`.kernel_process` and :mod:`jax_kernel.host.cgroups`.
 """
 
 from __future__ import annotations
 
 import atexit
-import itertools
 import os
 import re
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from traitlets import Bool, Enum, Float, Integer, List, Unicode, Union, default, validate
+from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, Union, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..host.cgroups import Cgroup, _make_cgroup, _own_cgroups  # noqa: F401 - re-exported
 from ..host.netns import Egress
-from . import describe, devices, environment, limits, paths, statedir
+from ..protocol.config import SandboxPolicy
+from . import describe, devices, environment, kernel_process, limits, paths, statedir
 from .devices import ACCELERATOR_FILE  # noqa: F401 - re-exported
 from .environment import DEFAULT_ENV_ALLOW, DEFAULT_ENV_DENY  # noqa: F401 - re-exported
 from .limits import WorkerSandbox, parse_size, total_memory  # noqa: F401 - re-exported
@@ -83,8 +82,6 @@ class Sandbox(LoggingConfigurable):
     def _valid_ports(self, proposal: Any) -> list[int]:
         bad = [p for p in proposal["value"] if not 0 < p < 65536]
         if bad:
-            from traitlets import TraitError
-
             raise TraitError(f"Sandbox.host_ports: {bad[0]} is not a TCP port (1-65535)")
         return list(proposal["value"])
 
@@ -194,8 +191,6 @@ class Sandbox(LoggingConfigurable):
         try:
             parse_size(proposal["value"], f"Sandbox.{proposal['trait'].name}")
         except ValueError as e:
-            from traitlets import TraitError
-
             raise TraitError(str(e)) from None
         return proposal["value"]
 
@@ -203,16 +198,12 @@ class Sandbox(LoggingConfigurable):
     def _valid_accelerators(self, proposal: Any) -> str:
         value = proposal["value"].strip()
         if value not in ("all", "none") and not re.fullmatch(r"\d+(\s*,\s*\d+)*", value):
-            from traitlets import TraitError
-
             raise TraitError(f"Sandbox.accelerators: {value!r} is not 'all', 'none' or indices like '0,1'")
         return value
 
     @validate("max_processes", "max_open_files")
     def _valid_count(self, proposal: Any) -> int:
         if proposal["value"] < 0:
-            from traitlets import TraitError
-
             raise TraitError(f"Sandbox.{proposal['trait'].name} must be >= 0")
         return proposal["value"]
 
@@ -220,41 +211,26 @@ class Sandbox(LoggingConfigurable):
         super().__init__(**kwargs)
         self._state_dir: str | None = None
         self._mask_id: list[int] | None = None
-        self._ids = itertools.count(1)
         self._warned = False
         self.last_report: dict[str, Any] | None = None
         self._runtime: frozenset[str] | None = None
-        self._live: set[WorkerSandbox] = set()
-        self._groups: list[dict[str, Cgroup]] = []  # sets' parent cgroups (prepare_group)
+        self._cgroups = limits.CgroupKeeper(self.log)  # the workers' and the sets' cgroups
         self._config_made: list[str] = []  # config dirs made so that they are bound read-only
         self._network = WorkerNetwork(self.log)  # the workers' user-mode egress, made on first use
         atexit.register(self._release_all)
 
     def _release_all(self) -> None:
-        for ws in list(self._live):
-            ws.release(wait=True)
-        for group in list(self._groups):
-            self.release_group(group)
+        self._cgroups.release_all()
         self._network.close()
 
     def protect_kernel(self) -> None:
-        """Make the kernel process non-dumpable: a same-uid process then can't read its memory,
-        environment or open files through /proc, nor ptrace it, without CAP_SYS_PTRACE (which
-        the worker drops).  Defence in depth where Landlock's scoping is missing."""
-        if not self.enabled or not sys.platform.startswith("linux"):
-            return
-        try:
-            import ctypes
-
-            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
-        except (OSError, AttributeError) as e:
-            self.log.debug("Could not make the kernel non-dumpable: %s", e)
+        """Make the kernel process non-dumpable (:func:`.kernel_process.protect_kernel_process`)."""
+        if self.enabled:
+            kernel_process.protect_kernel_process(self.log)
 
     # policy ------------------------------------------------------------------------------
     def check(self) -> None:
         """Raise TraitError (one line, naming the setting) if the policy can't be resolved."""
-        from traitlets import TraitError
-
         for name in ("memory_limit", "max_file_size"):
             try:
                 parse_size(getattr(self, name), f"Sandbox.{name}")
@@ -295,20 +271,11 @@ class Sandbox(LoggingConfigurable):
         it (``prepare_worker(group=...)``); :meth:`release_group` when the set has ended."""
         if not self.enabled:
             return {}
-        name = f"jax-kernel-{os.getpid()}-{next(self._ids)}"
-        group = limits.make_group_cgroups(
-            name, limits.cgroup_limits(self.memory_limit, self.max_processes), self.log
-        )
-        if group:
-            self._groups.append(group)
-        return group
+        return self._cgroups.make_group(limits.cgroup_limits(self.memory_limit, self.max_processes))
 
     def release_group(self, group: dict[str, Cgroup]) -> None:
         """Remove a set's parent cgroups (what is left in them is killed first)."""
-        for cg in group.values():
-            cg.release()
-        if group in self._groups:
-            self._groups.remove(group)
+        self._cgroups.release_group(group)
 
     def prepare_worker(
         self,
@@ -332,29 +299,21 @@ class Sandbox(LoggingConfigurable):
             self.memory_limit, self.max_processes, self.max_open_files, self.max_file_size
         )
         state = self.state_dir()
-        # Caches the kernel hands out hold data that no tool runs, and JAX keeps a .lockfile in
-        # its cache: no dot-file protection inside them.
-        caches = [
-            os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
-            *extra_writable,
-            *([shared_cache[1]] if shared_cache is not None else []),
-            statedir.matplotlib_cache(state) or "",
-        ]
-        writable, caches = paths.writable_folders(cwd, state, caches, self.writable_paths)
-        # Before the read-only paths are listed: only what exists can be bound.
-        self._config_made += paths.config_placeholders(writable, state, self.protect_dotfiles, self.log)
-        fs = paths.fs_policy(
-            writable,
+        fs, writable = paths.worker_fs(
+            cwd,
             state,
-            caches=caches,
+            extra_writable,
+            shared_cache,
+            self.writable_paths,
             hidden=self.hidden_paths,
             devices=devices.accelerator_devices(self.accelerators),
             mask_id=self._mask_id,
             runtime=self._runtime_paths(),
             protect_dotfiles=self.protect_dotfiles,
-            shared_cache=shared_cache,
+            made=self._config_made,
+            log=self.log,
         )
-        policy: dict[str, Any] = {
+        policy: SandboxPolicy = {
             "profile": self.profile,
             "allow_network": self.network_allowed,
             "fs": fs,
@@ -371,17 +330,8 @@ class Sandbox(LoggingConfigurable):
         if self.private_tmp:
             keep = paths.kept_in_tmp([*writable, state], self._runtime_paths())
             fs["private_tmp"] = {"dir": os.path.join(state, "root-tmp"), "keep": keep}
-        return self._make_cgroups(WorkerSandbox(policy), group)
-
-    def _make_cgroups(self, ws: WorkerSandbox, group: dict[str, Cgroup] | None) -> WorkerSandbox:
-        """Give the worker its cgroups, where we can, and name them in its policy."""
-        name = f"jax-kernel-{os.getpid()}-{next(self._ids)}"
         wanted = limits.cgroup_limits(self.memory_limit, self.max_processes)
-        ws.cgroups = limits.make_worker_cgroups(name, wanted, ws.policy["fs"]["devices"], group, self.log)
-        ws.policy["cgroups"] = {c: os.path.join(cg.path, "cgroup.procs") for c, cg in ws.cgroups.items()}
-        if ws.cgroups:
-            self._live.add(ws)
-        return ws
+        return self._cgroups.give(WorkerSandbox(policy), wanted, group)
 
     def user_mode_egress(self) -> Egress | None:
         """This kernel's egress namespace, made on first use (None if it can't be: see the log)."""
@@ -395,17 +345,11 @@ class Sandbox(LoggingConfigurable):
     def worker_exited(self, ws: WorkerSandbox | None) -> None:
         """The worker is gone: kill what it left behind and remove its cgroups."""
         if ws is not None:
-            self._live.discard(ws)
-            ws.release()
+            self._cgroups.worker_exited(ws)
 
     def cpu_seconds(self, pid: int) -> float | None:
         """CPU time (user + system, all threads) the process has used, None if it is gone."""
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return limits.cpu_seconds(pid)
 
     def explain_exit(self, ws: WorkerSandbox | None, returncode: int | None) -> str | None:
         """Name the limit that ended a worker, if one did."""
@@ -425,22 +369,7 @@ class Sandbox(LoggingConfigurable):
 
     def info(self) -> dict[str, Any]:
         """The policy and what the last worker reported, for kernel_info_reply."""
-        info: dict[str, Any] = {
-            "profile": self.profile,
-            "allow_network": self.network_allowed,
-            "egress": self.egress if self.network_allowed else None,
-            "active_outputs": self.active_outputs_mode,
-            "host_ports": list(self.host_ports),
-            "memory_limit": parse_size(self.memory_limit, "memory_limit") if self.enabled else 0,
-            "max_processes": self.max_processes,
-            "max_open_files": self.max_open_files,
-            "max_file_size": parse_size(self.max_file_size, "max_file_size"),
-            "cpu_time_limit": self.cpu_time_limit,
-            "accelerators": self.accelerators,
-        }
-        if self.last_report is not None:
-            info.update(describe.reported(self.last_report))
-        return info
+        return describe.policy_info(self)
 
     def refuse_device(self, platform: str, index: int | None = None) -> str | None:
         """Why a request for an accelerator (``jax_load_request``, a magic) is refused, or None.

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import threading
 
+#: Characters of output one cell may send unless ``JaxKernel.output_limit`` says otherwise.
+DEFAULT_OUTPUT_LIMIT = 20_000_000
+
 
 class OutputBudget:
     """Counts the bytes of stream output a cell has sent and drops what exceeds the limit."""

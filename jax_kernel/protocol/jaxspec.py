@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .checks import is_a, is_count
+
 #: Transformations a transformation string may name, innermost applied first.
 TRANSFORMS = (
     "grad",
@@ -173,14 +175,14 @@ def check_options(options: Any, allowed: Mapping[str, tuple[type, ...]], what: s
         if value is None and type(None) not in allowed[key]:
             continue
         kinds = allowed[key]
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        if not is_a(value, kinds):
             names = "/".join("null" if k is type(None) else k.__name__ for k in kinds)
             raise JaxSpecError(f"option {key!r} must be {names}, not {type(value).__name__}")
         out[key] = value
     for key in ("argnums", "static_argnums"):
         if key in out:
             nums = [out[key]] if isinstance(out[key], int) else list(out[key])
-            if not all(isinstance(n, int) and not isinstance(n, bool) for n in nums):
+            if not all(is_a(n, int) for n in nums):
                 raise JaxSpecError(f"option {key!r} must be an int or a list of ints")
             out[key] = nums[0] if isinstance(out[key], int) else tuple(nums)
     for key in ("runs", "max_values"):
@@ -222,7 +224,7 @@ def parse_devices(devices: Any) -> list[int] | int | None:
         return devices
     if not isinstance(devices, list | tuple) or not devices:
         raise JaxSpecError("devices must be a non-empty list of device ids")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices):
+    if not all(is_count(d) for d in devices):
         raise JaxSpecError("device ids must be non-negative integers")
     if len(set(devices)) != len(devices):
         raise JaxSpecError("device ids must not repeat")
@@ -258,7 +260,7 @@ def check_load_settings(settings: Mapping[str, Any], from_strings: bool = False)
         kinds = LOAD_SETTINGS[key]
         if from_strings and isinstance(value, str):
             value = _from_string(value, kinds)
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        if not is_a(value, kinds):
             names = "/".join(k.__name__ for k in kinds)
             raise JaxSpecError(f"setting {key!r} must be {names}, not {type(value).__name__}")
         out[key] = value

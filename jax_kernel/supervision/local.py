@@ -296,7 +296,7 @@ class WorkerProcess:
     def _read_diag(self) -> None:
         """Keep the tail of the worker's own stderr for crash reports; log only the first
         ``DIAG_LOGGED`` bytes of it: a cell can write there (``os.write(2, ...)``), and the
-        server's log is not the cell's to fill (20 MB once added 27.8 MB of log lines)."""
+        server's log is not the cell's to fill (bench/RESULTS.md, "Measurements behind design choices")."""
         assert self.proc.stderr is not None
         logged = unlogged = 0
         for line in iter(self.proc.stderr.readline, b""):

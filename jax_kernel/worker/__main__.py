@@ -19,6 +19,9 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+from typing import IO, Any  # noqa: E402
+
+from ..protocol.config import ConfigError, WorkerConfig, check_worker_config  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -36,12 +39,48 @@ def die_with_parent(expected_ppid: int) -> None:
         os._exit(1)
 
 
-def read_config(arg: str) -> dict:
+def read_config(arg: str) -> WorkerConfig:
     """The worker's config: ``@FD`` names the memfd the kernel wrote it to (see process.spawn)."""
     if not arg.startswith("@"):
         sys.exit(f"jax-kernel worker: the config argument must be @FD, not {arg[:40]!r}")
     with os.fdopen(int(arg[1:]), "rb") as f:
-        return json.loads(f.read())
+        return checked_config(json.loads(f.read()))
+
+
+def checked_config(obj: Any) -> WorkerConfig:
+    """``obj`` as a WorkerConfig, or exit with one line on stderr (the kernel shows its tail)."""
+    try:
+        return check_worker_config(obj)
+    except ConfigError as e:
+        sys.exit(f"jax-kernel worker: bad config from the kernel: {e}")
+
+
+def request_checker(conn: Any, diag: IO[str]) -> Any:
+    """The check the worker runs on every request it receives (``Connection.check``).
+
+    A malformed request is dropped with a line on the diagnostic stream (an answered one gets an
+    error reply, so the kernel's wait ends); a standby's ``activate`` carries its job's config, and
+    a bad one ends the worker as a bad config at start does.  Runs on the wire reader's thread."""
+    from ..protocol import wire
+
+    def check(msg: dict[str, Any]) -> dict[str, Any]:
+        try:
+            wire.validate_kernel_request(msg)
+            if msg["type"] == "activate" and "config" in msg:
+                check_worker_config(msg["config"])
+        except ConfigError as e:
+            diag.write(f"jax-kernel worker: bad config from the kernel: {e}\n")
+            diag.flush()
+            os._exit(1)
+        except wire.WireError as e:
+            diag.write(f"jax-kernel worker: dropped a malformed {str(msg.get('type'))[:40]!r} request: {e}\n")
+            reply = wire.error_reply(msg, e)
+            if reply is not None:
+                conn.send(reply)
+            raise
+        return msg
+
+    return check
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,10 +91,10 @@ def main(argv: list[str] | None = None) -> None:
         fd = int(argv[1])
         with os.fdopen(int(argv[2]), "rb") as f:
             setup = json.loads(f.read())
-        config, resume = setup["config"], setup["wire"]
+        config, resume = checked_config(setup["config"]), setup["wire"]
     else:
         fd = int(argv[0])
-        config = read_config(argv[1]) if len(argv) > 1 else {}
+        config = read_config(argv[1]) if len(argv) > 1 else WorkerConfig()
     die_with_parent(int(config.get("parent_pid", 0)))
     # The sandbox goes on before anything else is imported and before any thread exists:
     # Landlock covers only threads created after it (XLA's pools among them).
@@ -78,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
         conn: wire.Connection = wire.SealedConnection.resume(sock, resume, b"W", max_frame=max_frame)
     else:
         conn = wire.Connection(sock, max_frame=max_frame)
+    conn.check = request_checker(conn, diag)
     sys.argv = [""]
-    server = WorkerServer(conn, config)
+    server = WorkerServer(conn, dict(config))
     if not config.get("standby") or server.standby():
         server.serve_forever()
     conn.close()

@@ -1,8 +1,8 @@
 """Make anything a cell hands to a display or a reply fit the JSON-only wire.
 
 ipykernel's ``json_clean`` is a no-op since jupyter_client 7 (its Session serializes with a
-``default=`` hook instead), and importing ipykernel pulls in jupyter_client and zmq, a
-quarter of a second of every worker start. The wire has no ``default=`` hook on purpose,
+``default=`` hook instead), and importing ipykernel pulls in jupyter_client and zmq on every
+worker start (bench/RESULTS.md, "Measurements behind design choices"). The wire has no ``default=`` hook on purpose,
 so the worker cleans values itself: bytes become base64 (what frontends expect for
 ``image/png`` and other binary MIME types), non-finite floats become null (JSON has no
 NaN), dates become ISO strings, and anything else its ``repr``.

@@ -86,6 +86,12 @@ def _show(outcome: jax_ops.Outcome, max_values: int) -> None:
 class JaxMagics(Magics):
     """Magics for the JAX entry points; each wraps the function of the same purpose."""
 
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        """The namespace cells run in (these magics are only registered with a shell)."""
+        assert self.shell is not None
+        return self.shell.user_ns
+
     def _load_parser(self) -> _Parser:
         p = _Parser(prog="load_jax", add_help=False)
         p.add_argument("--platform")
@@ -156,14 +162,14 @@ class JaxMagics(Magics):
             raise UsageError("usage: %jax TRANSFORMATION FUNCTION [ARGS ...] [--flags]; see %jax?")
         args, flags = _split_flags(rest, parser)
         options = {k: v for k, v in vars(parser.parse_args(flags)).items() if v is not None}
-        outcome = jax_ops.transform(transformation, function, args, options, self.shell.user_ns)
+        outcome = jax_ops.transform(transformation, function, args, options, self._user_ns)
         self._store(outcome.value, options.get("out"))
         _show(outcome, options.get("max_values", jax_ops.DEFAULT_MAX_VALUES))
 
     def _store(self, value: Any, out: str | None) -> None:
-        self.shell.user_ns["_"] = value
+        self._user_ns["_"] = value
         if out:
-            self.shell.user_ns[out] = value
+            self._user_ns[out] = value
 
     @no_var_expand  # ARGS are Python source: {...} and $ must reach Python as written
     @line_magic
@@ -186,7 +192,7 @@ class JaxMagics(Magics):
             raise UsageError("usage: %jax_program PATH [ARGS ...] [--time]")
         args, flags = _split_flags(rest, p)
         options = {k: v for k, v in vars(p.parse_args(flags)).items() if v is not None}
-        ns = self.shell.user_ns
+        ns = self._user_ns
         if (
             not os.path.exists(path)
             and re.fullmatch(r"[A-Za-z_]\w*", path)
@@ -215,7 +221,7 @@ class JaxMagics(Magics):
             )
         args, flags = _split_flags(rest, p)
         ns = p.parse_args(flags)
-        data = jax_ops.export_program(function, args, ns.out, ns.platforms, ns.vjp_order, self.shell.user_ns)
+        data = jax_ops.export_program(function, args, ns.out, ns.platforms, ns.vjp_order, self._user_ns)
         print(f"wrote {len(data):,} bytes to {ns.out}")
 
     @line_magic

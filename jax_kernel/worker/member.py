@@ -29,6 +29,7 @@ import socket  # noqa: E402
 import sys  # noqa: E402
 
 from ..protocol import wire  # noqa: E402
+from ..protocol.config import ConfigError, check_worker_config  # noqa: E402
 from .__main__ import die_with_parent  # noqa: E402
 
 #: Environment variables that carry a launcher's rank for this process (MPI, PMIx, SLURM).
@@ -92,7 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     env = msg.get("env")
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         sys.exit("jax-kernel member: the setup's environment is not a string mapping")
-    cores = msg["config"].get("cpu_affinity")
+    try:
+        config = check_worker_config(msg["config"])
+    except ConfigError as e:
+        sys.exit(f"jax-kernel member: {e}")
+    cores = config.get("cpu_affinity")
     if cores:
         # Pinned now, while this is the only thread: the worker image keeps the mask across exec
         # and every thread it starts inherits it.  Once sandboxed it may pin only itself.

@@ -19,6 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Any as AnyTrait
 from traitlets import Type
 
+from ..protocol.schema import error_line
 from .cellnames import CellCompiler
 from .jsonable import jsonable
 
@@ -92,7 +93,7 @@ def _jax_exc_handler(
 
     if isinstance(value, JaxRestartRequired):
         return []
-    stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
+    stb = [error_line(etype.__name__, str(value))]
     shell._showtraceback(etype, value, stb)
     return stb
 
@@ -157,15 +158,20 @@ class WorkerShell(InteractiveShell):
     def _payload_page(self, strg: Any, start: int = 0, screen_lines: int = 0, pager_cmd: Any = None) -> None:
         # `obj?` in a notebook opens the pager through a payload, not a terminal pager.
         data = strg if isinstance(strg, dict) else {"text/plain": strg}
-        self.payload_manager.write_payload({"source": "page", "data": data, "start": max(0, start)})
+        self._write_payload({"source": "page", "data": data, "start": max(0, start)})
 
     def ask_exit(self) -> None:
         """`exit` / `quit` in a cell ask the frontend to shut the kernel down."""
         self.exit_now = True
-        self.payload_manager.write_payload({"source": "ask_exit", "keepkernel": False})
+        self._write_payload({"source": "ask_exit", "keepkernel": False})
 
     def set_next_input(self, text: str, replace: bool = False) -> None:
-        self.payload_manager.write_payload({"source": "set_next_input", "text": text, "replace": replace})
+        self._write_payload({"source": "set_next_input", "text": text, "replace": replace})
+
+    def _write_payload(self, payload: dict[str, Any]) -> None:
+        # Payloads ride on the running cell's execute_reply; IPython's __init__ made the manager.
+        assert self.payload_manager is not None
+        self.payload_manager.write_payload(payload)
 
     def enable_gui(self, gui: Any = None) -> None:
         # There is no GUI event loop in a headless worker; inline is the only backend.

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
+from ..memory import human
 from .settings import STATE, backend_platform
 
 
@@ -64,14 +65,6 @@ def _html_table(headers: Sequence[str], keys: Sequence[str], items: Sequence[Map
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
 def jax_info() -> JaxInfo:
     """Versions, backend and devices of the JAX running in this process."""
     import jax
@@ -85,16 +78,17 @@ def jax_info() -> JaxInfo:
         except Exception:  # noqa: BLE001 - CPU devices and some plugins have none
             stats = {}
         if stats.get("bytes_limit"):
-            entry["memory"] = _fmt_bytes(stats["bytes_limit"])
+            entry["memory"] = human(stats["bytes_limit"])
         devices.append(entry)
+    config = cast(Any, jax.config)  # options are attributes made at run time: the stubs declare none
     return JaxInfo(
         jax_version=jax.__version__,
         jaxlib_version=jaxlib.__version__,
         backend=backend_platform(),
         device_count=len(devices),
-        x64=bool(jax.config.jax_enable_x64),
-        compilation_cache_dir=jax.config.jax_compilation_cache_dir,
-        matmul_precision=jax.config.jax_default_matmul_precision,
+        x64=bool(config.jax_enable_x64),
+        compilation_cache_dir=config.jax_compilation_cache_dir,
+        matmul_precision=config.jax_default_matmul_precision,
         **({"lease": STATE.lease} if STATE.lease else {}),
         **_process_info(),
         devices=devices,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ...protocol import jaxspec
 from ...protocol.jaxspec import JaxSpecError
@@ -22,16 +22,17 @@ from .settings import STATE, backend_platform, backend_started, present_devices
 
 def _set_conflicts(settings: Mapping[str, Any]) -> list[str]:
     """Set settings asked for that differ from the set (or lone worker) this process belongs to."""
+    processes = int(STATE.member.get("count", 1))
     current = {
-        "processes": int(STATE.member.get("count", 1)),
+        "processes": processes,
         "launcher": STATE.member.get("launcher"),
         "devices_per_process": STATE.member.get("devices_per_process"),
     }
     out = []
     wanted = settings.get("processes")
-    if wanted is not None and wanted != current["processes"]:
-        out.append(f"processes {current['processes']} -> {wanted}")
-    elif current["processes"] > 1:
+    if wanted is not None and wanted != processes:
+        out.append(f"processes {processes} -> {wanted}")
+    elif processes > 1:
         for key in ("launcher", "devices_per_process"):
             if settings.get(key) is not None and settings[key] != current[key]:
                 out.append(f"{key} {current[key]} -> {settings[key]}")
@@ -62,12 +63,13 @@ def _conflicts(settings: Mapping[str, Any]) -> list[str]:
     """Startup settings asked for that differ from what the running backend has."""
     import jax
 
+    config = cast(Any, jax.config)  # options are attributes made at run time: the stubs declare none
     out = []
     platform = backend_platform()
     if settings.get("platform") and settings["platform"] != platform:
         out.append(f"platform {platform} -> {settings['platform']}")
-    if settings.get("x64") is not None and bool(settings["x64"]) != bool(jax.config.jax_enable_x64):
-        out.append(f"x64 {bool(jax.config.jax_enable_x64)} -> {settings['x64']}")
+    if settings.get("x64") is not None and bool(settings["x64"]) != bool(config.jax_enable_x64):
+        out.append(f"x64 {bool(config.jax_enable_x64)} -> {settings['x64']}")
     if settings.get("host_device_count") is not None:
         count = len(jax.local_devices(backend="cpu"))
         if count != settings["host_device_count"]:
@@ -111,7 +113,9 @@ def _start(settings: Mapping[str, Any]) -> None:
     os.environ.update(jaxspec.settings_env(settings))
     import jax
 
-    before = jax.config.jax_platforms
+    before = cast(
+        Any, jax.config
+    ).jax_platforms  # options are attributes made at run time: the stubs declare none
     if settings.get("platform"):
         jax.config.update("jax_platforms", settings["platform"])
     if settings.get("x64") is not None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ...protocol import jaxspec
+from ...protocol.checks import is_count
 from ...protocol.jaxspec import JaxSpecError
 from .calls import Outcome, block, caller_namespace, resolve_args, resolve_function, time_calls
 from .display import reports_bundle, show
@@ -195,7 +196,7 @@ def export_program(
         unknown = [p for p in platforms if p not in ("cpu", "cuda", "rocm", "tpu")]
         if unknown:
             raise TransformError(f"unknown platform(s) {', '.join(unknown)}; known: cpu, cuda, rocm, tpu")
-    if not isinstance(vjp_order, int) or isinstance(vjp_order, bool) or not 0 <= vjp_order <= 8:
+    if not is_count(vjp_order, 8):
         raise TransformError("vjp_order must be an integer between 0 and 8")
     specs = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.dtypes.canonicalize_dtype(np.result_type(x))),

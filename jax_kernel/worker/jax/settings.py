@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,7 @@ def start_distributed(member: Mapping[str, Any]) -> None:
 
 #: JAX options read from the environment at import, for a worker that imported JAX before it
 #: was given its settings (the standby worker).
-_IMPORT_TIME_OPTIONS = {
+_IMPORT_TIME_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "JAX_PLATFORMS": ("jax_platforms", str),
     "JAX_ENABLE_X64": ("jax_enable_x64", lambda v: v.strip().lower() in ("1", "true", "yes")),
     "JAX_NUM_CPU_DEVICES": ("jax_num_cpu_devices", int),

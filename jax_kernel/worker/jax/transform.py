@@ -6,13 +6,16 @@ Runs in the worker process.  JAX is imported lazily, inside the functions (see :
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ...protocol import jaxspec
 from ...protocol.jaxspec import JaxSpecError
 from .calls import Outcome, block, caller_namespace, resolve_args, resolve_function, time_calls
 from .display import reports_bundle, show
 from .errors import TransformError
+
+if TYPE_CHECKING:
+    from jax.stages import Wrapped
 
 _GRAD_LIKE = ("grad", "value_and_grad", "jacfwd", "jacrev", "hessian")
 _OPTION_USERS = {
@@ -106,7 +109,8 @@ def transform(
     call_args = resolve_args(args, ns)
     transformed = build_transformed(names, fn, opts)
     reports: dict[str, Any] = {}
-    lowerable = transformed if names[0] in ("jit", "pmap") else None
+    # An outermost jit or pmap made an object with .lower; build_transformed says only "callable".
+    lowerable = cast("Wrapped", transformed) if names[0] in ("jit", "pmap") else None
     if opts.get("time"):
         reports["time"] = time_calls(transformed, call_args, opts.get("runs"), lowerable)
     value = block(transformed(*call_args))
@@ -114,9 +118,7 @@ def transform(
         static = opts.get("static_argnums", ()) if names[0] == "jit" else ()
         reports["jaxpr"] = str(jax.make_jaxpr(transformed, static_argnums=static)(*call_args))
     if opts.get("hlo") or opts.get("cost"):
-        target = lowerable
-        if target is None:
-            target = jax.jit(transformed)
+        target = lowerable if lowerable is not None else jax.jit(transformed)
         lowered = target.lower(*call_args)
         if opts.get("hlo"):
             reports["hlo"] = lowered.as_text()

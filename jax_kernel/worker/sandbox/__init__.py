@@ -42,6 +42,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ...protocol.config import SandboxPolicy
 from ...protocol.exitcodes import EXIT_STRICT
 from .base import DEV_ALLOWED, NAMESPACE_FLAGS, Unavailable, _Report
 from .capabilities import _drop_capabilities, _no_new_privs
@@ -75,14 +76,15 @@ __all__ = [
 REPORT: dict[str, Any] = {"profile": "off", "active": {}, "unavailable": {}}
 
 
-def apply(policy: dict[str, Any] | None) -> dict[str, Any]:
-    """Apply ``policy`` (from the kernel's config) to this process; return the report.
+def apply(requested: SandboxPolicy | None) -> dict[str, Any]:
+    """Apply ``requested`` (the kernel's config, checked by the worker) to this process; return the report.
 
     Must run before any thread exists.  Exits the process under ``strict`` if a
-    protection is unavailable.
+    protection is unavailable.  The steps note what they did in a copy of the policy
+    (``readonly_done``, ``tmp_done``, ``masked``) for the steps after them.
     """
     global REPORT
-    policy = policy or {}
+    policy: dict[str, Any] = dict(requested or {})
     profile = policy.get("profile", "off")
     report = _Report(profile)
     if profile == "off":

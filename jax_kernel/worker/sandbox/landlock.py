@@ -122,10 +122,9 @@ class _Ruleset:
     def add_ports(self, ports: Iterable[int], access: int) -> None:
         """Allow TCP ``access`` (bind and/or connect) to each port; Landlock has no port ranges.
 
-        Measured for a whole ephemeral range (32768-60999: 28232 rules; 2 cores, Linux 6.18):
-        ~40 ms (27-50 ms over 15 runs), about half of it the ctypes calls themselves (hence one
-        struct and one bound function for every port), plus ~9 ms in landlock_restrict_self and
-        ~1.7 MB of kernel memory per worker.  Only a ruleset built once by the long-lived kernel
+        For a whole ephemeral range this costs tens of ms and some kernel memory per worker
+        (bench/RESULTS.md, "Measurements behind design choices"), about half of it the ctypes calls themselves (hence
+        one struct and one bound function for every port).  Only a ruleset built once by the long-lived kernel
         and passed to each worker (a stacked layer) would avoid it; a worker starts in seconds.
         """
         attr = _NetPort(access & self.handled_net, 0)

@@ -13,6 +13,7 @@ import itertools
 import os
 from typing import Any
 
+from ...protocol.checks import is_count
 from .base import CLONE_NEWNET, Unavailable, _err, _libc, _Report
 from .landlock import LL_NET_BIND_TCP, LL_NET_CONNECT_TCP
 from .mounts import _bind_regular_file
@@ -46,8 +47,6 @@ def _network(policy: dict[str, Any], report: _Report) -> None:
     elif not want_net and egress.get("unavailable"):
         report.unavailable("network", egress["unavailable"])
         report.data["network"] = "allowed by policy, on the host's network (loopback included)"
-    elif not want_net and egress.get("host"):
-        report.data["network"] = egress["host"]
 
 
 def _join_network(path: str) -> None:
@@ -78,7 +77,7 @@ def _net_rules(raw: Any) -> tuple[list[int], list[int], range | None, range | No
     """Check the policy's ``net_rules``: (bind ports, connect ports, bind range, connect range)."""
 
     def port(p: Any) -> int:
-        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
+        if not is_count(p, 65535):
             raise Unavailable(f"net_rules: {p!r} is not a TCP port")
         return p
 

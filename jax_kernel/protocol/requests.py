@@ -1,0 +1,111 @@
+"""What the kernel may send the worker: request types, their fields, and the check of each.
+
+The worker trusts the kernel, but not every byte that reaches it: a request of a shape the worker
+does not expect (a kernel of another version, a bug) must become an error reply or a logged drop,
+never a crash of the reader thread or of the cell loop.  The worker runs
+:func:`validate_kernel_request` on every frame it receives (``Connection.check``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checks import is_count
+from .framing import WireError
+from .schema import check_fields
+
+_Spec = dict[str, type | tuple[type, ...]]
+_NONE = type(None)
+
+#: The JAX entry points' requests.  Each is also a custom Jupyter shell message:
+#: ``<kind>_request`` from a frontend becomes the wire request ``<kind>``, answered by ``<kind>_reply``.
+#: Their fields are checked by :mod:`jax_kernel.protocol.jaxspec` on both sides.
+JAX_REQUESTS = frozenset({"jax_load", "jax_transform", "jax_program"})
+
+#: Requests the kernel sends to the worker, with their required fields and types (every request
+#: also has an integer ``id``: 0 for those that get no reply).  Optional fields are in
+#: :data:`KERNEL_OPTIONAL_FIELDS`; other fields (a frontend's own) pass unchecked.
+KERNEL_REQUESTS: dict[str, _Spec] = {
+    "execute": {"code": str},
+    "complete": {"code": str},
+    "inspect": {"code": str},
+    "is_complete": {"code": str},
+    "history": {},
+    "info": {},
+    "input_reply": {},
+    "shutdown": {},
+    "activate": {},  # a standby worker takes up a job: its config (a WorkerConfig) and environment
+    "comm": {"msg_type": str, "content": dict},
+    "comm_info": {},
+    "debug": {"content": dict},  # one DAP request from the frontend's debug_request
+    "usage": {},
+    "interrupt": {},  # a set member: raise KeyboardInterrupt in the running cell (no signal crosses hosts)
+    "heartbeat": {},  # a set member: the kernel is alive
+    "setup": {"config": dict, "env": dict},  # a set member: its config and environment, answered by "ready"
+    "selftest_done": {},  # the self-test the worker asked for ended: its exit status
+    "reap": {},  # pids the kernel killed after a cell hit the task limit: wait for them (no zombies)
+    **{kind: {} for kind in JAX_REQUESTS},
+}
+
+KERNEL_OPTIONAL_FIELDS: dict[str, _Spec] = {
+    "execute": {
+        "silent": bool,
+        "store_history": bool,
+        "user_expressions": dict,
+        "allow_stdin": bool,
+        "output_limit": int,
+        "compile_notice_after": (int, float),
+    },
+    "complete": {"cursor_pos": (int, _NONE)},
+    "inspect": {"cursor_pos": int, "detail_level": int, "omit_sections": list},
+    "history": {
+        "hist_access_type": (str, _NONE),
+        "output": (bool, _NONE),
+        "raw": (bool, _NONE),
+        "session": (int, _NONE),
+        "start": (int, _NONE),
+        "stop": (int, _NONE),
+        "n": (int, _NONE),
+        "pattern": (str, _NONE),
+        "unique": (bool, _NONE),
+    },
+    "input_reply": {"value": str},
+    "activate": {"config": dict, "env": dict},
+    "comm": {"metadata": dict, "buffers": list},
+    "comm_info": {"target_name": (str, _NONE)},
+    "selftest_done": {"status": int},
+    "reap": {"pids": list},
+}
+
+#: Requests the worker answers on a thread of their own, even while a cell runs.
+CONCURRENT_REQUESTS = frozenset({"usage"})
+
+#: Requests whose reply is a ``reply`` message carrying their ``id``; a malformed one is answered
+#: with an error reply, so that the kernel's wait for it ends.  (The others are dropped.)
+ANSWERED_REQUESTS = frozenset(
+    {"execute", "complete", "inspect", "is_complete", "history", "info", "comm", "comm_info"}
+    | {"shutdown", "reap", "usage"}
+    | JAX_REQUESTS
+)
+
+
+def validate_kernel_request(msg: dict[str, Any]) -> dict[str, Any]:
+    """Check a decoded request from the kernel against :data:`KERNEL_REQUESTS`; WireError if it breaks it."""
+    spec = KERNEL_REQUESTS.get(msg["type"])
+    if spec is None:
+        raise WireError(f"unknown request type {msg['type']!r}")
+    check_fields(msg, {"id": int, **spec}, required=True)
+    check_fields(msg, KERNEL_OPTIONAL_FIELDS.get(msg["type"], {}), required=False)
+    if msg["id"] < 0:
+        raise WireError(f"{msg['type']!r} request has a negative id")
+    return msg
+
+
+def error_reply(msg: dict[str, Any], error: WireError) -> dict[str, Any] | None:
+    """The error reply a malformed request gets, or None where none is due (no usable id, or a
+    request that is not answered by a ``reply``)."""
+    req_id = msg.get("id")
+    if msg.get("type") not in ANSWERED_REQUESTS or not is_count(req_id) or req_id == 0:
+        return None
+    content = {"status": "error", "ename": "WireError", "evalue": str(error), "traceback": []}
+    return {"type": "reply", "id": req_id, "content": content}

@@ -1,0 +1,142 @@
+"""Kernel process: what a worker starts with, and starting it (one process, or a set).
+
+A worker's job is its config (execution count, output limit, lease, JAX settings) and the
+environment JAX reads (:func:`jax_kernel.policy.environment.job_environment`); a fresh process
+gets its whole environment built on top (:func:`jax_kernel.policy.environment.build`), a standby
+gets the job's part when it takes up work.  Each process gets a sandbox of its own, with the
+compilation cache folder of this notebook's trust domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..policy import environment
+from .handle import WorkerHandle
+from .leases import DeviceLeases
+from .local import Spawned, WorkerProcess, spawn
+from .workerset import WorkerSet
+
+if TYPE_CHECKING:
+    from .manager import WorkerManager
+
+
+class WorkerSpawner:
+    """Starts workers as the manager's settings say, wired to the manager's callbacks."""
+
+    def __init__(
+        self,
+        settings: WorkerManager,
+        leases: DeviceLeases,
+        on_message: Callable[[Any, dict[str, Any]], None],
+        on_problem: Callable[[Any, str], None],
+        on_exit: Callable[[Any, int | None], None],
+    ) -> None:
+        self.settings = settings  # read when a worker starts: the kernel sets some after init
+        self.leases = leases
+        self._callbacks = {"on_message": on_message, "on_problem": on_problem, "on_exit": on_exit}
+
+    def job(self, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """What a worker is told when it takes up work: its config and the environment JAX reads."""
+        m = self.settings
+        cache = (
+            environment.CompilationCache(
+                self.cache_folder(), m.compilation_cache_min_compile_secs, m.compilation_cache_max_bytes
+            )
+            if m.compilation_cache
+            else None
+        )
+        env = environment.job_environment(
+            settings,
+            m.accelerators.memory_env(settings),
+            cache,
+            self.leases.lease,
+            no_devices=self.leases.withheld(settings),
+        )
+        config: dict[str, Any] = {
+            "execution_count": m.execution_count,
+            "output_limit": m.stream_limit,
+            "host_platform": m.accelerators.host_platform(),
+            "memory_cap": m.accelerators.memory_cap(),
+            **self.leases.job_config(),
+            "jax_settings": settings,
+        }
+        return config, env
+
+    def cache_folder(self) -> str:
+        """This notebook's folder of the compilation cache: one per working directory and profile.
+
+        JAX trusts what it reads from its cache (an entry is an executable), so a worker may write
+        only the folder of its own trust domain: notebooks in the same folder under the same profile
+        (which can write each other's files anyway) share one, and restarts keep their hits; an
+        ``off`` kernel never shares with a sandboxed one."""
+        m = self.settings
+        domain = f"{m.sandbox.profile}\0{os.path.realpath(os.getcwd())}"
+        digest = hashlib.sha256(domain.encode()).hexdigest()[:20]
+        return os.path.join(m.compilation_cache_dir, f"{m.sandbox.profile}-{digest}")
+
+    def prepare_sandbox(self, group: dict[str, Any] | None = None) -> Any:
+        """One worker's sandbox: the policy, its cgroups (inside a set's ``group``), and the
+        compilation cache it may write."""
+        m = self.settings
+        shared = (m.compilation_cache_dir, self.cache_folder()) if m.compilation_cache else None
+        return m.sandbox.prepare_worker(shared_cache=shared, group=group)
+
+    def environment(self, job: dict[str, str] | None) -> dict[str, str]:
+        """A worker process's environment (:func:`jax_kernel.policy.environment.build`)."""
+        m = self.settings
+        return environment.build(os.environ, m.worker_env, m.sandbox.worker_environment, job)
+
+    def launch(self, config: dict[str, Any], env: dict[str, str] | None) -> Spawned:
+        """Start a worker process: with its job (``env`` given) or as a standby (``env`` None)."""
+        m = self.settings
+        full_env = self.environment(env)
+        sandbox = self.prepare_sandbox()
+        config = {
+            **config,
+            "max_frame": m.max_message_bytes,
+            "sandbox": sandbox.policy,
+            "standby": env is None,
+        }
+        return spawn(list(m.worker_argv), full_env, config, sandbox)
+
+    def watch(self, spawned: Spawned) -> WorkerProcess:
+        """Read a started worker's wire on the manager's loop."""
+        return WorkerProcess(spawned=spawned, **self._wiring())
+
+    def start_set(
+        self, settings: dict[str, Any], config: dict[str, Any], env: dict[str, str]
+    ) -> WorkerHandle:
+        """A set of worker processes placed by an ipyparallel launcher (see :mod:`jax_kernel.supervision.workerset`)."""
+        m = self.settings
+        options = m.processes
+        group = m.sandbox.prepare_group()  # one memory and task budget for all its local members
+        return WorkerSet(
+            count=settings["processes"],
+            launcher=settings.get("launcher") or options.launcher,
+            devices_per_process=settings.get("devices_per_process") or options.devices_per_process,
+            platform=settings.get("platform") or m.accelerators.host_platform(),
+            config=config,
+            env=self.environment(env),
+            prepare_sandbox=lambda: self.prepare_sandbox(group),
+            release_sandbox=m.sandbox.worker_exited,
+            on_closed=lambda: m.sandbox.release_group(group),
+            lease_local=self.leases.for_set,
+            options=options,
+            **self._wiring(),
+        )
+
+    def _wiring(self) -> dict[str, Any]:
+        """What a worker (or a set) needs from the manager: limits, the loop, the callbacks."""
+        m = self.settings
+        assert m.loop is not None
+        return {
+            "max_frame": m.max_message_bytes,
+            "stream_limit": m.stream_limit,
+            "loop": m.loop,
+            **self._callbacks,
+            "log": m.log,
+        }
