@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_kernel import JAX, PY, BenchError, Kernel, Row, ratio, report, spread, started  # noqa: E402
+from harness import JAX, PY, BenchError, BenchKernel, started  # noqa: E402
+from tables import Row, ratio, report, spread  # noqa: E402
 
 TARGET = 1.2
 SLIDER_CELL = """
@@ -38,15 +39,15 @@ bench_slider.model_id
 TQDM_CELL = "from tqdm.auto import tqdm\nfor _ in tqdm(range(1000)):\n    pass"
 
 
-def slider_id(kernel: Kernel) -> str:
+def slider_id(kernel: BenchKernel) -> str:
     cell = kernel.run_ok(SLIDER_CELL)
-    result = [m for m in cell.outputs if m["msg_type"] == "execute_result"]
+    result = cell.of("execute_result")
     if not result:
         raise BenchError(f"{kernel.name} kernel: the slider cell gave no result")
-    return result[0]["content"]["data"]["text/plain"].strip("'")
+    return result[0]["data"]["text/plain"].strip("'")
 
 
-def widget_round_trip(kernel: Kernel, model_id: str, value: int, timeout: float = 30.0) -> float:
+def widget_round_trip(kernel: BenchKernel, model_id: str, value: int, timeout: float = 30.0) -> float:
     """Set the slider's value as JupyterLab does; time until the observer's answer arrives."""
     kc = kernel.kc
     assert kc is not None
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 if i >= 1:
                     bars[name].append(seconds)
     finally:
-        Kernel.shutdown_all()
+        BenchKernel.shutdown_all()
     rows = [
         Row(
             "Widget round trip: slider value set by the frontend → observer's reply on IOPub",

@@ -22,15 +22,15 @@ import datetime
 import json
 import os
 import platform
-import queue
 import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from typing import Any
 
-from jupyter_client.manager import KernelManager
+from harness import JAX, BenchKernel
+from tables import fmt_time as fmt
+from tables import p10_p90, version
 
 from jax_kernel.client import JaxClient
 
@@ -90,51 +90,24 @@ WORKLOADS = {
 }
 
 
-def fmt(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.0f} µs"
-
-
 class Kernel:
-    """One `jax` kernel driven through jupyter_client, as a frontend would."""
+    """One `jax` kernel driven through jupyter_client, as a frontend would, and its JAX client."""
 
     def __init__(self) -> None:
-        self.km = KernelManager(kernel_name="jax")
-        self.km.start_kernel()
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=120)
-        self.jc = JaxClient(self.kc, timeout=600)
+        self.bench = BenchKernel(JAX)
+        self.bench.start()
+        assert self.bench.kc is not None
+        self.jc = JaxClient(self.bench.kc, timeout=600)
 
     def run(self, code: str, timeout: float = 600) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-        msg_id = self.kc.execute(code)
-        outputs = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                msg = self.kc.get_iopub_msg(timeout=1)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(code) from None
-                continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-            outputs.append((msg["msg_type"], msg["content"]))
-        while True:
-            reply = self.kc.get_shell_msg(timeout=60)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                if reply["content"]["status"] != "ok":
-                    raise RuntimeError(f"cell failed: {code!r}: {reply['content'].get('evalue')}")
-                return reply["content"], outputs
+        """Run a cell that must succeed: its reply and outputs."""
+        cell = self.bench.run(code, timeout)
+        if cell.status != "ok":
+            raise RuntimeError(f"cell failed: {code!r}: {cell.reply.get('evalue')}")
+        return cell.reply, cell.outputs
 
     def shutdown(self) -> None:
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=False)
+        self.bench.shutdown()
 
 
 def magic_time(k: Kernel, fn: str, args: str, runs: int) -> float:
@@ -170,16 +143,9 @@ def round_trips(k: Kernel, n: int) -> tuple[list[float], list[float]]:
     return transform, execute
 
 
-def p10_p90(xs: list[float]) -> str:
-    qs = statistics.quantiles(xs, n=10)
-    return f"p10 {fmt(qs[0])}, p90 {fmt(qs[-1])}"
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
+def deciles(xs: list[float]) -> str:
+    lo, hi = p10_p90(xs)
+    return f"p10 {fmt(lo)}, p90 {fmt(hi)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     n = opts.n or (50 if opts.quick else 300)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-    k = Kernel()
     rows = []
     try:
+        k = Kernel()
         k.run(SETUP)
         for name, (fn, args) in WORKLOADS.items():
             kernel_s, plain_s = [], []
@@ -213,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         transform, execute = round_trips(k, n)
         rows.append(
             f"| trivial `jax_transform_request` round trip (`jit` of identity) | "
-            f"{fmt(statistics.median(transform))} ({p10_p90(transform)}) | — | — | n = {n} |"
+            f"{fmt(statistics.median(transform))} ({deciles(transform)}) | — | — | n = {n} |"
         )
         rows.append(
             f"| for reference: trivial `execute_request` (`1`) on the same kernel | "
-            f"{fmt(statistics.median(execute))} ({p10_p90(execute)}) | — | — | n = {n}, interleaved with the above |"
+            f"{fmt(statistics.median(execute))} ({deciles(execute)}) | — | — | n = {n}, interleaved with the above |"
         )
     finally:
-        k.shutdown()
+        BenchKernel.shutdown_all()
 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"## bench_jax.py — {now}\n")

@@ -28,19 +28,8 @@ import sys
 import textwrap
 import time
 
-from bench_kernel import (
-    JAX,
-    NOTES,
-    PY,
-    BenchError,
-    Kernel,
-    Row,
-    printed_seconds,
-    ratio,
-    report,
-    rounds_from_argv,
-    spread,
-)
+from harness import JAX, NOTES, PY, BenchError, BenchKernel, printed_seconds, rounds_from_argv
+from tables import Row, ratio, report, spread
 
 SET = "%load_jax --processes 2 --devices-per-process 1"
 ONE = "%load_jax --processes 1 --host-devices 2"
@@ -105,11 +94,11 @@ def plain_jax_two_processes() -> float:
     return time.perf_counter() - t0
 
 
-def step_seconds(k: Kernel) -> float:
+def step_seconds(k: BenchKernel) -> float:
     return printed_seconds(k, STEP_CELL, STEP_MARK)
 
 
-def round_trips(k: Kernel, n: int) -> list[float]:
+def round_trips(k: BenchKernel, n: int) -> list[float]:
     for _ in range(5):
         k.run_ok("pass")
     return [k.run_ok("pass").seconds for _ in range(n)]
@@ -121,8 +110,8 @@ def bench(reps: int) -> dict[str, list[float]]:
     def add(key: str, values: float | list[float]) -> None:
         out.setdefault(key, []).extend(values if isinstance(values, list) else [values])
 
-    jax_k = Kernel(JAX, ["--WorkerManager.standby=False"])
-    py_k = Kernel(PY)
+    jax_k = BenchKernel(JAX, ["--WorkerManager.standby=False"])
+    py_k = BenchKernel(PY)
     jax_k.start()
     py_k.start()
     py_k.run_ok("pass")
@@ -136,8 +125,8 @@ def bench(reps: int) -> dict[str, list[float]]:
         jax_k.run_ok(SET, timeout=180)
         cell = jax_k.run_ok(COUNT_CELL)
         add("load:set", time.perf_counter() - t0)
-        if cell.outputs and "2" not in str(cell.outputs[-1]["content"].get("data", {})):
-            NOTES.add(f"round {i + 1}: the set reported {cell.outputs[-1]['content']}")
+        if cell.outputs and "2" not in str(cell.outputs[-1][1].get("data", {})):
+            NOTES.add(f"round {i + 1}: the set reported {cell.outputs[-1][1]}")
         add("rt:set", round_trips(jax_k, 40))
         add("step:set", step_seconds(jax_k))
         add("plain", plain_jax_two_processes())
@@ -181,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = bench(reps)
     finally:
-        Kernel.shutdown_all()
+        BenchKernel.shutdown_all()
     return report(argv, rows(results), t0)
 
 

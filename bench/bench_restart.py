@@ -29,20 +29,8 @@ import tempfile
 import time
 
 import psutil
-from bench_kernel import (
-    JAX,
-    NOTES,
-    PY,
-    BenchError,
-    Kernel,
-    Row,
-    printed_seconds,
-    ratio,
-    report,
-    rounds_from_argv,
-    spread,
-    versus,
-)
+from harness import JAX, NOTES, PY, BenchError, BenchKernel, printed_seconds, rounds_from_argv
+from tables import Row, ratio, report, spread, versus
 
 JNP_CELL = "import jax.numpy as jnp; jnp.ones(3).sum()"
 CRASH_CELL = "import os; os._exit(3)"
@@ -97,7 +85,7 @@ def quiet(pids: list[int], seconds: float = 0.3) -> bool:
     return all(b - a < 0.02 for a, b in zip(before, after, strict=True))
 
 
-def wait_warm(k: Kernel, timeout: float = 60.0) -> float:
+def wait_warm(k: BenchKernel, timeout: float = 60.0) -> float:
     """Wait until the kernel's standby worker and the provisioner's spare (with its own standby)
     have finished starting; returns the seconds waited."""
     t0 = time.perf_counter()
@@ -113,7 +101,7 @@ def wait_warm(k: Kernel, timeout: float = 60.0) -> float:
     return time.perf_counter() - t0
 
 
-def restart_then(k: Kernel, code: str) -> float:
+def restart_then(k: BenchKernel, code: str) -> float:
     """Seconds from ``restart_kernel()`` to ``code`` finished, as a frontend's restart button does it."""
     t0 = time.perf_counter()
     k.restart()
@@ -125,7 +113,7 @@ def restart_then(k: Kernel, code: str) -> float:
     return time.perf_counter() - t0
 
 
-def compile_seconds(k: Kernel) -> float:
+def compile_seconds(k: BenchKernel) -> float:
     return printed_seconds(k, COMPILE_CELL, COMPILE_MARK)
 
 
@@ -135,8 +123,8 @@ def bench(reps: int, cache_dir: str) -> dict[str, list[float]]:
     def add(key: str, value: float) -> None:
         out.setdefault(key, []).append(value)
 
-    jax_k = Kernel(JAX, [f"--WorkerManager.compilation_cache_dir={cache_dir}"])
-    py_k = Kernel(PY)
+    jax_k = BenchKernel(JAX, [f"--WorkerManager.compilation_cache_dir={cache_dir}"])
+    py_k = BenchKernel(PY)
     jax_k.start()
     py_k.start()
     jax_k.run_ok(JNP_CELL)
@@ -240,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results = bench(reps, cache)
         finally:
-            Kernel.shutdown_all()
+            BenchKernel.shutdown_all()
     return report(argv, rows(results), t0)
 
 

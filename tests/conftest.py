@@ -7,76 +7,48 @@ by hand in ~/.local cannot shadow the one under test and tests never touch user 
 
 from __future__ import annotations
 
-import os
-import queue
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from jupyter_client import KernelManager
 from jupyter_client.blocking import BlockingKernelClient
 
-_TMP = tempfile.mkdtemp(prefix="jax-kernel-tests-")
-os.environ["IPYTHONDIR"] = os.path.join(_TMP, "ipython")
-os.environ["JUPYTER_DATA_DIR"] = os.path.join(_TMP, "data")
-os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(_TMP, "runtime")
-# Caches too (the kernels' compilation cache, matplotlib's fonts): a run starts from nothing, as CI
-# does, and never fills the user's ~/.cache.
-os.environ["XDG_CACHE_HOME"] = os.path.join(_TMP, "cache")
-os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+# The plumbing the benches share (bench/harness.py), importable from a fresh clone however pytest
+# was started (``python -m pytest`` puts the root on sys.path, the ``pytest`` script does not).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
-TIMEOUT = 60
-KERNEL_NAME = "jax"
+from bench.harness import (  # noqa: E402
+    KERNEL_NAME,
+    TIMEOUT,
+    Result,
+    execute,
+    isolate_environment,
+    start_kernel,
+    stop_kernel,
+)
 
+_TMP = isolate_environment()
 
-@dataclass
-class Result:
-    """What a frontend saw for one execute_request: the reply and the IOPub messages."""
-
-    reply: dict[str, Any]
-    outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def of(self, msg_type: str) -> list[dict[str, Any]]:
-        return [c for t, c in self.outputs if t == msg_type]
-
-    def stream(self, name: str) -> str:
-        return "".join(c["text"] for t, c in self.outputs if t == "stream" and c["name"] == name)
-
-    @property
-    def stdout(self) -> str:
-        return self.stream("stdout")
-
-    @property
-    def stderr(self) -> str:
-        return self.stream("stderr")
-
-    @property
-    def error(self) -> dict[str, Any] | None:
-        errors = self.of("error")
-        return errors[-1] if errors else None
-
-
-def start_kernel(
-    extra_arguments: list[str] | None = None,
-    env: dict[str, str] | None = None,
-    cwd: str | None = None,
-    **km_kwargs: Any,
-) -> tuple[KernelManager, BlockingKernelClient]:
-    km = KernelManager(**{"kernel_name": KERNEL_NAME, **km_kwargs})
-    launch: dict[str, Any] = {"env": env} if env else {}
-    if cwd:
-        launch["cwd"] = cwd  # the notebook's folder, as a frontend would give it
-    km.start_kernel(extra_arguments=extra_arguments or [], **launch)
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=TIMEOUT)
-    return km, kc
+# What the test modules import from here (``from conftest import ...``), the harness's names among them.
+__all__ = [
+    "KERNEL_NAME",
+    "TIMEOUT",
+    "Kernel",
+    "Result",
+    "execute",
+    "kernel_command_line",
+    "request",
+    "shell_replies",
+    "start_kernel",
+    "stop_kernel",
+]
 
 
 def kernel_command_line(connection_file: str, *args: str) -> tuple[int, str]:
@@ -92,56 +64,6 @@ def kernel_command_line(connection_file: str, *args: str) -> tuple[int, str]:
         stdin=subprocess.DEVNULL,
     )
     return proc.returncode, proc.stdout + proc.stderr
-
-
-def stop_kernel(km: KernelManager, kc: BlockingKernelClient) -> None:
-    kc.stop_channels()
-    km.shutdown_kernel(now=False)
-
-
-def execute(
-    kc: BlockingKernelClient,
-    code: str,
-    timeout: float = TIMEOUT,
-    stdin: Callable[[dict[str, Any]], str] | None = None,
-    on_output: Callable[[str, dict[str, Any], float], None] | None = None,
-    **kwargs: Any,
-) -> Result:
-    """Run one cell and collect everything up to the idle status, answering input requests."""
-    msg_id = kc.execute(code, allow_stdin=stdin is not None, **kwargs)
-    outputs: list[tuple[str, dict[str, Any]]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        if stdin is not None:
-            try:
-                req = kc.get_stdin_msg(timeout=0.01)
-            except queue.Empty:
-                pass
-            else:
-                if req["parent_header"].get("msg_id") == msg_id:
-                    kc.input(stdin(req["content"]))
-        try:
-            msg = kc.get_iopub_msg(timeout=0.05)
-        except queue.Empty:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no idle status within {timeout} s for {code!r}") from None
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind = msg["msg_type"]
-        if kind == "status":
-            if msg["content"]["execution_state"] == "idle":
-                break
-            continue
-        if kind == "execute_input":
-            continue
-        if on_output is not None:
-            on_output(kind, msg["content"], time.monotonic())
-        outputs.append((kind, msg["content"]))
-    while True:
-        reply = kc.get_shell_msg(timeout=max(deadline - time.monotonic(), 1))
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return Result(reply["content"], outputs)
 
 
 def shell_replies(kc: BlockingKernelClient, *msg_ids: str, timeout: float = TIMEOUT) -> list[dict[str, Any]]:

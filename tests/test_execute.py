@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 
 import pytest
 from conftest import Kernel, shell_replies
@@ -197,3 +198,22 @@ def test_display_values_that_json_cannot_carry_are_cleaned(kernel: Kernel) -> No
     assert shown["data"]["application/json"] == {"nan": None, "raw": "AAE=", "set": [3]}
     assert shown["metadata"] == {"when": "2026-01-02"}
     assert res.of("execute_result")[0]["data"]["text/plain"] == "'after'"
+
+
+def test_a_threads_late_print_goes_to_the_cell_that_started_it_not_to_a_completion(kernel: Kernel) -> None:
+    """Outputs are published under the request they answer: a thread's print that arrives after
+    its cell ended, while the frontend asks for completions, still belongs to that cell."""
+    kc = kernel.kc
+    cell = kc.execute("import threading\nthreading.Timer(0.6, lambda: print('late line')).start()")
+    assert shell_replies(kc, cell)[0]["status"] == "ok"
+    complete = kc.complete("threading.Tim", 13)
+    assert shell_replies(kc, complete)[0]["status"] == "ok"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["msg_type"] == "stream" and "late line" in msg["content"]["text"]:
+            assert msg["parent_header"]["msg_id"] == cell
+            break
+    else:
+        raise AssertionError("the thread's print never arrived")
+    assert kernel.ok("1 + 1").of("execute_result")[0]["data"]["text/plain"] == "2"

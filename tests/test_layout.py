@@ -115,3 +115,12 @@ def test_sources_tests_benches_and_notebooks_are_ruff_clean():
     for args in (["check", "--quiet", *paths], ["format", "--check", "--quiet", *paths]):
         out = subprocess.run([*ruff, *args], cwd=root, capture_output=True, text=True)
         assert out.returncode == 0, f"ruff {args[0]}:\n{out.stdout[-3000:]}{out.stderr[-1000:]}"
+
+
+@pytest.mark.timeout(600)  # a first run without mypy's cache reads the typed dependencies (jax) too
+def test_the_package_is_mypy_clean():
+    """Types are checked with every test run (and so in .ci/run), as lint is."""
+    root = PACKAGE.parent
+    args = [sys.executable, "-m", "mypy", "jax_kernel", "--ignore-missing-imports"]
+    out = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, f"mypy:\n{out.stdout[-3000:]}{out.stderr[-1000:]}"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -160,6 +165,28 @@ def test_wire_round_trip_and_schema() -> None:
         )
 
 
+@pytest.mark.parametrize("kind", sorted(wire.REQUEST_TAGGED))
+def test_outputs_may_name_the_request_they_answer(kind: str) -> None:
+    """The optional ``request`` field: the id of the kernel request an output answers."""
+    samples = {
+        "stream": {"name": "stdout", "text": "x"},
+        "display_data": {"data": {}, "metadata": {}},
+        "update_display_data": {"data": {}, "metadata": {}},
+        "clear_output": {"wait": False},
+        "execute_result": {"execution_count": 1, "data": {}, "metadata": {}},
+        "error": {"ename": "E", "evalue": "v", "traceback": []},
+        "comm": {"msg_type": "comm_msg", "content": {"comm_id": "c"}, "metadata": {}, "buffers": []},
+        "input_request": {"prompt": "?", "password": False},
+    }
+    msg = {"type": kind, **samples[kind]}
+    assert wire.validate_worker_message(dict(msg)) == msg  # untagged, as before
+    for request in (0, 7):
+        assert wire.validate_worker_message({**msg, "request": request})["request"] == request
+    for bad in ("7", True, False, -1, 1.0, None):
+        with pytest.raises(wire.WireError, match="request"):
+            wire.validate_worker_message({**msg, "request": bad})
+
+
 def test_comm_with_a_buffer_that_is_not_base64_is_dropped(kernel: Kernel) -> None:
     bad = {
         "type": "comm",
@@ -176,8 +203,6 @@ def test_comm_with_a_buffer_that_is_not_base64_is_dropped(kernel: Kernel) -> Non
 
 def test_sealed_wire_hides_and_authenticates_every_frame() -> None:
     """A set member's TCP wire: nothing readable on the network, and no frame accepted out of place."""
-    import socket
-
     key, nonce = b"k" * 32, b"n" * wire.NONCE_BYTES
     a, b = socket.socketpair()
     kernel = wire.SealedConnection(a, key, nonce, b"K")
@@ -244,3 +269,106 @@ def test_what_a_cell_writes_to_the_workers_stderr_fills_no_log(tmp_path) -> None
     assert len(text) < 64 * 1024, len(text)
     assert b"\x1b[31m" not in text
     assert b"more bytes of stderr were not logged" in text or b"further stderr is not logged" in text
+
+
+def test_the_worker_checks_every_request_from_the_kernel() -> None:
+    """The kernel -> worker direction is validated too: type known, fields of the right types."""
+    assert wire.validate_kernel_request({"type": "execute", "id": 3, "code": "1", "silent": False})
+    assert wire.validate_kernel_request({"type": "execute", "id": 3, "code": "1", "frontend_extra": []})
+    bad = [
+        {"type": "no_such_request", "id": 1},
+        {"type": "execute", "code": "1"},  # no id
+        {"type": "execute", "id": True, "code": "1"},
+        {"type": "execute", "id": -1, "code": "1"},
+        {"type": "execute", "id": 1, "code": 5},
+        {"type": "execute", "id": 1, "code": "1", "silent": "no"},
+        {"type": "comm", "id": 1, "msg_type": "comm_msg", "content": []},
+        {"type": "activate", "id": 0, "config": "x"},
+    ]
+    for msg in bad:
+        with pytest.raises(wire.WireError):
+            wire.validate_kernel_request(msg)
+    # An answered request gets an error reply (the kernel's wait ends); the others are only dropped.
+    reply = wire.error_reply({"type": "complete", "id": 7}, wire.WireError("x"))
+    assert reply is not None and reply["id"] == 7 and reply["content"]["status"] == "error"
+    assert wire.validate_worker_message(reply) == reply
+    assert wire.error_reply({"type": "input_reply", "id": 0}, wire.WireError("x")) is None
+    assert wire.error_reply({"type": "complete", "id": "7"}, wire.WireError("x")) is None
+
+
+def test_a_malformed_request_is_answered_with_an_error_and_the_worker_goes_on() -> None:
+    parent, child = socket.socketpair()
+    config_fd = os.memfd_create("config")
+    os.write(config_fd, json.dumps({"parent_pid": os.getpid()}).encode())
+    os.lseek(config_fd, 0, os.SEEK_SET)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jax_kernel.worker", str(child.fileno()), f"@{config_fd}"],
+        pass_fds=(child.fileno(), config_fd),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    child.close()
+    os.close(config_fd)
+    conn = wire.Connection(parent)
+    try:
+        while (msg := conn.recv(timeout=60)) is not None and msg["type"] != "ready":
+            pass
+        assert msg is not None
+        conn.send({"type": "is_complete", "id": 5, "code": 42})
+        reply = conn.recv(timeout=30)
+        assert reply is not None and reply["id"] == 5 and reply["content"]["status"] == "error"
+        assert "'code'" in reply["content"]["evalue"]
+        conn.send({"type": "is_complete", "id": 6, "code": "for i in range(3):"})
+        reply = conn.recv(timeout=30)
+        assert reply is not None and reply["id"] == 6 and reply["content"]["status"] == "incomplete"
+        conn.send({"type": "shutdown", "id": 7})
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        assert "dropped a malformed 'is_complete' request" in proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "line"),
+    [
+        ({"flush_intervall": 1}, "config has an unknown key 'flush_intervall'"),
+        ({"max_frame": "big"}, "config['max_frame'] has type str, not int"),
+        ({"sandbox": {"profile": "standard", "fs": {"hidden": [3]}}}, "config['sandbox']['fs']['hidden'][0]"),
+    ],
+)
+def test_a_worker_with_a_bad_config_exits_with_one_line_naming_the_key(config: dict, line: str) -> None:
+    config_fd = os.memfd_create("config")
+    os.write(config_fd, json.dumps(config).encode())
+    os.lseek(config_fd, 0, os.SEEK_SET)
+    a, b = socket.socketpair()
+    with a, b:
+        out = subprocess.run(
+            [sys.executable, "-m", "jax_kernel.worker", str(b.fileno()), f"@{config_fd}"],
+            pass_fds=(b.fileno(), config_fd),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    os.close(config_fd)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("jax-kernel worker: bad config from the kernel: ") and line in lines[0]
+
+
+def test_the_worker_config_is_typed() -> None:
+    from jax_kernel.protocol.config import ConfigError, check_worker_config
+
+    good = {
+        "parent_pid": 1,
+        "standby": False,
+        "memory_cap": 0,
+        "cpu_affinity": [0, 1],
+        "sandbox": {"profile": "off"},
+        "member": {"index": 0, "count": 2, "heartbeat": 1.0, "table": [{"index": 0, "host": "h", "pid": 9}]},
+    }
+    assert check_worker_config(good) == good
+    for bad in ({"standby": 1}, {"cpu_affinity": [True]}, {"sandbox": {"fs": {"private_tmp": {"dir": "x"}}}}):
+        with pytest.raises(ConfigError):
+            check_worker_config(bad)
