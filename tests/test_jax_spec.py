@@ -100,3 +100,15 @@ def test_jaxspec_does_not_import_jax() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_rocm_worker_is_told_its_devices_in_every_variable_the_runtime_reads() -> None:
+    """The JAX settings' devices and a lease's use the same table: ROCm reads HIP_ and ROCR_."""
+    env = jaxspec.settings_env(jaxspec.check_load_settings({"platform": "rocm", "devices": [1]}))
+    assert env == {"JAX_PLATFORMS": "rocm", "HIP_VISIBLE_DEVICES": "1", "ROCR_VISIBLE_DEVICES": "1"}
+    unnamed = jaxspec.settings_env(jaxspec.check_load_settings({"devices": [0, 1]}))
+    assert {k: v for k, v in unnamed.items() if k.endswith("_VISIBLE_DEVICES")} == {
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "HIP_VISIBLE_DEVICES": "0,1",
+        "ROCR_VISIBLE_DEVICES": "0,1",
+    }

@@ -28,12 +28,7 @@ from traitlets.traitlets import TraitError
 
 from ..protocol import jaxspec
 
-#: Environment variables each accelerator runtime reads for the devices it may use.
-VISIBLE_DEVICES_ENV = {
-    "cuda": ("CUDA_VISIBLE_DEVICES",),
-    "rocm": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"),
-    "tpu": ("TPU_VISIBLE_CHIPS",),
-}
+VISIBLE_DEVICES_ENV = jaxspec.VISIBLE_DEVICES_ENV  # one table, shared with the worker side
 
 
 class LeaseError(Exception):

@@ -100,6 +100,15 @@ class JaxSpecError(ValueError):
     """Input that the entry points cannot accept; the message is the one-line error users see."""
 
 
+#: Environment variables each accelerator runtime reads for the devices it may use: the one table
+#: for the kernel's leases (policy/accelerators.py) and for a worker started with JAX settings.
+VISIBLE_DEVICES_ENV: dict[str, tuple[str, ...]] = {
+    "cuda": ("CUDA_VISIBLE_DEVICES",),
+    "rocm": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"),
+    "tpu": ("TPU_VISIBLE_CHIPS",),
+}
+
+
 # transformations -------------------------------------------------------------------------
 def parse_transformation(text: str) -> list[str]:
     """Parse ``"jit(vmap(grad))"`` into ``["jit", "vmap", "grad"]`` (outermost first).
@@ -314,12 +323,8 @@ def settings_env(settings: Mapping[str, Any]) -> dict[str, str]:
         # CPU devices cannot be hidden (only checked); accelerators are hidden by their runtimes,
         # which renumber what is left from 0.  No platform given: whichever GPU runtime is there.
         ids = ",".join(str(d) for d in devices)
-        var = {
-            "cuda": ("CUDA_VISIBLE_DEVICES",),
-            "rocm": ("HIP_VISIBLE_DEVICES",),
-            "tpu": ("TPU_VISIBLE_CHIPS",),
-        }
-        for name in var.get(platform or "", ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")):
+        any_gpu = (*VISIBLE_DEVICES_ENV["cuda"], *VISIBLE_DEVICES_ENV["rocm"])
+        for name in VISIBLE_DEVICES_ENV.get(platform or "", any_gpu):
             env[name] = ids
     if settings.get("x64") is not None:
         env["JAX_ENABLE_X64"] = "1" if settings["x64"] else "0"
