@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import Kernel, kernel_command_line, request, start_kernel, stop_kernel
 
@@ -138,7 +139,9 @@ def test_worker_environment_is_scrubbed(limited: Kernel) -> None:
     env = json.loads(env)
     for key in SECRET_ENV:
         assert key not in env
-    assert not [k for k in env if k.startswith("JPY_")]
+    # Of Jupyter's JPY_* variables only the one every kernel has passes, naming the worker's parent.
+    assert [k for k in env if k.startswith("JPY_")] == ["JPY_PARENT_PID"]
+    assert "jax_kernel" in psutil.Process(int(env["JPY_PARENT_PID"])).cmdline()  # the kernel process
     assert env["TMPDIR"] != "/tmp" and os.path.isdir(env["TMPDIR"])
     assert "PATH" in env and "JAX_PLATFORMS" in env
 

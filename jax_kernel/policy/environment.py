@@ -151,6 +151,9 @@ def worker_environment(
     passed.update(extra or {})
     clean = {k: v for k, v in passed.items() if not _matches(k, deny_upper)}
     clean.update(TMPDIR=tmp, TEMP=tmp, TMP=tmp)
+    # What every kernel's process has from jupyter_client (code takes it as "in a notebook"); here
+    # the worker's parent, the kernel (the JPY_* of the server never pass: JPY_API_TOKEN, ...).
+    clean["JPY_PARENT_PID"] = str(os.getpid())
     # Tools' own caches go to the worker's temp dir: jedi and parso keep pickles there that
     # the user's editor would load outside any sandbox, and ~/.cache is read-only anyway
     # (jedi's completions fail when it cannot make its dir).  Matplotlib gets a config dir of

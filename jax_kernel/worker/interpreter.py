@@ -9,7 +9,9 @@ and returns its reply's content; :mod:`.server` carries them.  User code runs in
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,20 +32,48 @@ USER_CODE_REQUESTS = frozenset({"execute", "comm", "jax_load", "jax_transform", 
 
 
 class InterruptGate:
-    """Where SIGINT may raise: set while user code runs, a pending interrupt recorded otherwise."""
+    """Where SIGINT may raise: while user code runs, a pending interrupt recorded otherwise.
+
+    While the gate is open Python's own ``default_int_handler`` is installed, as in a plain
+    interpreter: it raises ``KeyboardInterrupt`` with no frame of ours, so an interrupted cell's
+    traceback shows only the user's code.  A handler the cell installed itself is left alone.
+    """
 
     def __init__(self) -> None:
         self.interruptible = False
         self.pending = False
 
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._record)
+
+    def _record(self, signum: int, frame: Any) -> None:
+        if self.interruptible:  # opened off the main thread, where handlers cannot be swapped
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def open(self) -> None:
+        self.interruptible = True
+        self._swap(self._record, signal.default_int_handler)
+
+    def close(self) -> None:
+        self.interruptible = False
+        self._swap(signal.default_int_handler, self._record)
+
+    @staticmethod
+    def _swap(expected: Any, handler: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) == expected:
+            signal.signal(signal.SIGINT, handler)
+
     @contextmanager
     def user_code(self) -> Iterator[None]:
         self.pending = False
-        self.interruptible = True
+        self.open()
         try:
             yield
         finally:
-            self.interruptible = False
+            self.close()
 
 
 class Interpreter:
@@ -103,8 +133,8 @@ class Interpreter:
             last = shell.last_error or {}
             reply.update(
                 status="error",
-                ename=type(err).__name__,
-                evalue=str(err),
+                ename=type(err).__name__ if err is not None else last.get("ename", "Error"),
+                evalue=str(err) if err is not None else last.get("evalue", ""),
                 traceback=last.get("traceback", []),
                 user_expressions={},
             )
@@ -131,7 +161,7 @@ class Interpreter:
                     msg["code"], store_history=msg.get("store_history", True), silent=msg.get("silent", False)
                 )
                 err = res.error_before_exec or res.error_in_exec
-                success = res.success
+                success = res.success and not shell.display_error
                 restart = err if isinstance(err, jax_ops.JaxRestartRequired) else None
                 if restart is not None:  # not a failure: the kernel replaces the worker and goes on
                     success = True

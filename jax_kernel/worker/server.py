@@ -78,10 +78,14 @@ class WorkerServer:
         self.concurrent: queue.Queue[dict[str, Any]] = queue.Queue()
         self.concurrent_handlers = {"usage": lambda msg: memory.device_memory()}
         self.running = True
-        signal.signal(signal.SIGINT, self._on_sigint)
+        self.gate.install()
         self.member: dict[str, Any] = dict(config.get("member") or {})
         self.inbox = self._make_inbox()
         self.handlers = {**self.interpreter.handlers(), "shutdown": self.do_shutdown}
+        # As in ipykernel (IPKernelApp.init_path): cells import modules from the notebook folder.
+        # Only now, with the worker's own modules imported; the kernel never imports from there.
+        if "" not in sys.path:
+            sys.path.insert(0, "")
 
     def _make_shell(self, config: dict[str, Any]) -> WorkerShell:
         # Libraries tell a notebook frontend from a terminal by what the stock kernel always has: an
@@ -160,11 +164,6 @@ class WorkerServer:
 
         debugger.session(self.conn.send, self.shell, cellnames.NAMES).submit(msg)
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.gate.interruptible:
-            raise KeyboardInterrupt
-        self.gate.pending = True
-
     def _heartbeat(self, interval: float) -> None:
         while True:
             time.sleep(interval)
@@ -226,7 +225,7 @@ class WorkerServer:
         the self-test); output written so far goes first, and an interrupt ends the wait."""
         self.stdout.flush_now()
         self.stderr.flush_now()
-        self.gate.interruptible = False
+        self.gate.close()
         try:
             self.emit(request)
             while True:
@@ -237,7 +236,7 @@ class WorkerServer:
                 if msg is not None and msg["type"] == answer:
                     return msg
         finally:
-            self.gate.interruptible = True
+            self.gate.open()
 
     # %sandbox --selftest ----------------------------------------------------
     def selftest(self) -> int:

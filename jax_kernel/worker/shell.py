@@ -114,6 +114,7 @@ class WorkerShell(InteractiveShell):
         self.displayhook.send = self.send
         self.display_pub.send = self.send
         self.last_error: dict[str, Any] | None = None
+        self.display_error = False  # the result's formatting raised during the running cell
         self._init_jax_entry_points()
 
     def init_user_ns(self) -> None:
@@ -182,10 +183,15 @@ class WorkerShell(InteractiveShell):
 
     def run_cell(self, *args: Any, **kwargs: Any) -> Any:
         self.last_error = None
+        self.display_error = False
         return super().run_cell(*args, **kwargs)
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
         _flush_std()
         content = {"ename": str(etype.__name__), "evalue": str(evalue), "traceback": list(stb)}
         self.last_error = content
+        if getattr(self.displayhook, "msg", None) is not None:
+            # Formatting the cell's result failed (a broken _repr_html_): the cell failed, as in
+            # ipykernel, so nbclient and papermill stop there.
+            self.display_error = True
         self.send({"type": "error", **content})

@@ -43,7 +43,7 @@ class OutStream(io.TextIOBase):
     # io.TextIOBase API ------------------------------------------------------
     @property
     def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
+        return "UTF-8"  # spelled as ipykernel's OutStream spells it: code compares the string
 
     def writable(self) -> bool:
         return True
