@@ -68,6 +68,7 @@ class Result:
     reply: dict[str, Any]
     outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     seconds: float = 0.0
+    msg_id: str = ""  # the execute_request's: what the frontend files the outputs under
 
     def of(self, msg_type: str) -> list[dict[str, Any]]:
         """The contents of the outputs of this type, in order."""
@@ -217,7 +218,7 @@ def execute(
     while True:
         reply = kc.get_shell_msg(timeout=max(deadline - time.monotonic(), 1))
         if reply["parent_header"].get("msg_id") == msg_id:
-            return Result(reply["content"], outputs, time.perf_counter() - t0)
+            return Result(reply["content"], outputs, time.perf_counter() - t0, msg_id)
 
 
 # benches: kernels that are always cleaned up ------------------------------------------------------

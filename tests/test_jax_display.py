@@ -102,3 +102,27 @@ def test_a_quick_compile_shows_no_line(kernel: Kernel) -> None:
     res = kernel.ok("import jax\njax.jit(lambda v: v * 3 + 1)(2.0)")
     assert not res.of("display_data") and not res.of("update_display_data")
     assert res.of("execute_result")[0]["data"]["text/plain"].startswith("Array(7.")
+
+
+def test_the_array_card_gives_way_to_treescope_and_can_be_switched_off(kernel: Kernel) -> None:
+    make = "import jax.numpy as jnp\nv = jnp.arange(4.0)\n"
+    assert "jax-array" in kernel.ok(make + "v").of("execute_result")[0]["data"]["text/html"]
+    kernel.ok("%jax_array_view off")
+    off = kernel.ok("v").of("execute_result")[0]["data"]
+    assert "text/html" not in off and off["text/plain"].startswith("Array(")  # JAX's text, as stock
+    kernel.ok("%jax_array_view default")
+    assert "jax-array" in kernel.ok("v").of("execute_result")[0]["data"]["text/html"]
+    bad = kernel.run("%jax_array_view sometimes")
+    assert bad.reply["status"] == "error" and "on|off|default" in bad.stderr + str(bad.reply)
+    # The user's renderer for every object wins over our type-specific one.
+    km, kc = start_kernel()
+    other = Kernel(km, kc)
+    try:
+        other.ok("import treescope\ntreescope.basic_interactive_setup(autovisualize_arrays=True)")
+        page = other.ok(make + "v").of("execute_result")
+        html_out = "".join(r["data"].get("text/html", "") for r in page) + "".join(
+            d["data"].get("text/html", "") for d in other.ok(make + "v").of("display_data")
+        )
+        assert "jax-array" not in html_out and "treescope" in html_out.lower()
+    finally:
+        stop_kernel(km, kc)

@@ -70,6 +70,7 @@ class JaxRequests:
         except jaxspec.JaxSpecError as e:
             reply = _jax_error("JaxRequestError", str(e))
         else:
+            fields[wire.PARENT_FIELD] = origin.for_worker()
             try:
                 reply = await self._serve_jax(kind, fields, origin)
             except Exception as e:  # noqa: BLE001 - a request must always get a reply, or the client hangs

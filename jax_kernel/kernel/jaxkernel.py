@@ -13,6 +13,7 @@ untrusted worker's answers may contain).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import sys
 import typing as t
@@ -77,6 +78,13 @@ class JaxKernel(Kernel):
         help="Characters of output one cell may send, everything counted: stream text, and the data "
         "of displays, results and comm messages; the rest is dropped with a notice (a runaway print "
         "or display loop must not take the browser or the kernel down).",
+    ).tag(config=True)
+
+    array_view = Bool(
+        True,
+        help="Show a JAX array result as an HTML card (shape, dtype, placement, a corner of the values) "
+        "beside JAX's text; False: JAX's text only, as in the stock kernel. %jax_array_view on|off "
+        "overrides it per notebook, and a renderer registered for every object (treescope) wins.",
     ).tag(config=True)
 
     compile_notice_after = Float(
@@ -162,7 +170,11 @@ class JaxKernel(Kernel):
 
     def _origin(self) -> Origin:
         """The shell request being handled (ipykernel keeps it in a ContextVar per request)."""
-        return Origin(self.get_parent("shell"), self._get_shell_context_var(self._shell_parent_ident))
+        return Origin(
+            self.get_parent("shell"),
+            self._get_shell_context_var(self._shell_parent_ident),
+            (self._control_parent, self._control_parent_ident),
+        )
 
     # protocol surface ---------------------------------------------------------------
     @property
@@ -238,10 +250,15 @@ class JaxKernel(Kernel):
         if not isinstance(content.get("comm_id"), str):
             self.log.warning("Ignoring a %s without a comm_id", msg_type)
             return
-        origin = self.outputs.begin(Origin(parent, ident))
+        origin = self.outputs.begin(Origin(parent, ident, (self._control_parent, self._control_parent_ident)))
         self.outputs.track_comm(msg_type, content)
         buffers = wire.encode_buffers(parent.get("buffers"))
-        request = {"msg_type": msg_type, "content": content, "metadata": parent.get("metadata") or {}}
+        request = {
+            "msg_type": msg_type,
+            "content": content,
+            "metadata": parent.get("metadata") or {},
+            wire.PARENT_FIELD: origin.for_worker(),
+        }
         try:
             await self.manager.request("comm", {**request, "buffers": buffers}, origin=origin)
         except WorkerDied as e:
@@ -273,7 +290,25 @@ class JaxKernel(Kernel):
         cell_meta: t.Any = None,
         cell_id: t.Any = None,
     ) -> dict[str, t.Any]:
-        origin = self.outputs.begin(self._origin())
+        shell_loop = self.io_loop.asyncio_loop
+        if asyncio.get_running_loop() is not shell_loop:
+            # An execute_request on the control channel (ipykernel runs those too): served on the
+            # shell's loop, which owns the worker's requests, under the control message.
+            control = Origin(self.get_parent("control"), self._control_parent_ident)
+            cell = self._execute(control, code, silent, store_history, user_expressions, allow_stdin)
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(cell, shell_loop))
+        return await self._execute(self._origin(), code, silent, store_history, user_expressions, allow_stdin)
+
+    async def _execute(
+        self,
+        origin: Origin,
+        code: str,
+        silent: bool,
+        store_history: bool,
+        user_expressions: dict[str, t.Any] | None,
+        allow_stdin: bool,
+    ) -> dict[str, t.Any]:
+        origin = self.outputs.begin(origin)
         death = None if silent else self.manager.take_death_report()
         if death is not None:
             return self._error_reply(death, origin, ran=False)
@@ -287,6 +322,8 @@ class JaxKernel(Kernel):
             "allow_stdin": allow_stdin,
             "output_limit": self.output_limit,
             "compile_notice_after": self.compile_notice_after,
+            "array_view": self.array_view,
+            wire.PARENT_FIELD: origin.for_worker(),
         }
         try:
             content = await self.manager.request("execute", request, origin=origin)
@@ -296,6 +333,10 @@ class JaxKernel(Kernel):
             self._execution_count = self.manager.execution_count = next_count
             if reply["status"] == "ok" and isinstance(content.get("jax_restart"), dict):
                 reply = await self.jax.replace_for_cell(content["jax_restart"], reply, origin)
+            if any(p.get("source") == "ask_exit" and not p.get("keepkernel") for p in reply["payload"]):
+                # exit() / quit(): the kernel ends, as ipykernel's does 0.1 s after the reply, and
+                # the frontend's restarter (JupyterLab, VS Code) starts a fresh one.
+                self.io_loop.call_later(0.1, self.io_loop.stop)
         except WorkerError as e:
             self._execution_count = self.manager.execution_count
             return self._error_reply(e, origin, ran=True)

@@ -30,6 +30,20 @@ class Origin:
 
     parent: dict[str, t.Any] = field(default_factory=dict)
     ident: t.Any = None
+    control: t.Any = None  # the newest control message and its identities, for get_parent("control")
+
+    def for_worker(self) -> dict[str, t.Any]:
+        """The request's ``parent`` field: what ``get_ipython().get_parent()`` returns in the worker."""
+        control = None
+        if self.control and self.control[0].get("header"):
+            control = (self.control[0]["header"], list(self.control[1] or []))
+        return wire.parent_for_worker(
+            self.parent.get("header") or {},
+            self.parent.get("parent_header") or {},
+            self.parent.get("metadata") or {},
+            list(self.ident or []) if isinstance(self.ident, list) else [],
+            control,
+        )
 
 
 class OutputPublisher:

@@ -91,9 +91,10 @@ class JaxProvisioner(LocalProvisioner):  # type: ignore[misc]
         try:
             spare.stdin.write(GO)
             spare.stdin.flush()
-            spare.stdin.close()
         except OSError:
             return False
+        finally:
+            _close_quietly(spare.stdin)
         return True
 
     def _start_spare(self, cmd: list[str], kwargs: dict[str, Any], key: tuple[Any, ...]) -> None:
@@ -108,6 +109,7 @@ class JaxProvisioner(LocalProvisioner):  # type: ignore[misc]
         self._spare_key = key
 
     def _discard(self, spare: subprocess.Popen[bytes]) -> None:
+        _close_quietly(spare.stdin)  # our end of its pipe: an unclosed file otherwise (ResourceWarning)
         try:
             spare.kill()
             spare.wait(5)
@@ -139,3 +141,11 @@ class JaxProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._discard(self._spare)
             self._spare = self._spare_key = None
         await super().cleanup(restart=restart)
+
+
+def _close_quietly(pipe: Any) -> None:
+    if pipe is not None:
+        try:
+            pipe.close()
+        except OSError:
+            pass  # the spare already exited: a broken pipe on the final flush

@@ -47,14 +47,25 @@ KERNEL_REQUESTS: dict[str, _Spec] = {
     **{kind: {} for kind in JAX_REQUESTS},
 }
 
+#: The optional field of a user-code request that carries the frontend message it was made for
+#: (:func:`parent_for_worker`): ``get_ipython().get_parent()`` in the worker returns it, so Output
+#: widgets, ``interact`` and thread-local parents work as in ipykernel.
+PARENT_FIELD = "parent"
+
+#: Requests that run user code, and so carry their frontend parent.
+PARENTED_REQUESTS = frozenset({"execute", "comm"} | JAX_REQUESTS)
+
 KERNEL_OPTIONAL_FIELDS: dict[str, _Spec] = {
+    **{kind: {PARENT_FIELD: dict} for kind in JAX_REQUESTS},
     "execute": {
+        PARENT_FIELD: dict,
         "silent": bool,
         "store_history": bool,
         "user_expressions": dict,
         "allow_stdin": bool,
         "output_limit": int,
         "compile_notice_after": (int, float),
+        "array_view": bool,
     },
     "complete": {"cursor_pos": (int, _NONE)},
     "inspect": {"cursor_pos": int, "detail_level": int, "omit_sections": list},
@@ -71,7 +82,7 @@ KERNEL_OPTIONAL_FIELDS: dict[str, _Spec] = {
     },
     "input_reply": {"value": str},
     "activate": {"config": dict, "env": dict},
-    "comm": {"metadata": dict, "buffers": list},
+    "comm": {"metadata": dict, "buffers": list, PARENT_FIELD: dict},
     "comm_info": {"target_name": (str, _NONE)},
     "selftest_done": {"status": int},
     "reap": {"pids": list},
@@ -98,7 +109,48 @@ def validate_kernel_request(msg: dict[str, Any]) -> dict[str, Any]:
     check_fields(msg, KERNEL_OPTIONAL_FIELDS.get(msg["type"], {}), required=False)
     if msg["id"] < 0:
         raise WireError(f"{msg['type']!r} request has a negative id")
+    if PARENT_FIELD in msg:
+        _check_parent(msg[PARENT_FIELD])
     return msg
+
+
+def parent_for_worker(
+    header: dict[str, Any],
+    parent_header: dict[str, Any],
+    metadata: dict[str, Any],
+    ident: list[bytes],
+    control: tuple[dict[str, Any], list[bytes]] | None = None,
+) -> dict[str, Any]:
+    """The ``parent`` field of a user-code request: the frontend message's header, its parent
+    header and metadata (JSON: dates as ISO strings) and the routing identities, latin-1 decoded.
+    Not the content: the request carries that itself, once."""
+    out = {
+        "header": _json_header(header),
+        "parent_header": _json_header(parent_header),
+        "metadata": metadata,
+        "ident": [bytes(i).decode("latin-1") for i in ident],
+    }
+    if control is not None:
+        out["control"] = {
+            "header": _json_header(control[0]),
+            "ident": [bytes(i).decode("latin-1") for i in control[1]],
+        }
+    return out
+
+
+def _json_header(header: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in (header or {}).items()}
+
+
+def _check_parent(parent: dict[str, Any]) -> None:
+    for key in ("header", "parent_header", "metadata"):
+        if not isinstance(parent.get(key, {}), dict):
+            raise WireError(f"field {PARENT_FIELD!r}.{key} is not an object")
+    if not isinstance(parent.get("header", {}).get("msg_id", ""), str):
+        raise WireError(f"field {PARENT_FIELD!r}.header.msg_id is not a string")
+    for where in (parent, parent.get("control") or {}):
+        if not isinstance(where, dict) or not all(isinstance(i, str) for i in where.get("ident", [])):
+            raise WireError(f"field {PARENT_FIELD!r} has a malformed ident")
 
 
 def error_reply(msg: dict[str, Any], error: WireError) -> dict[str, Any] | None:

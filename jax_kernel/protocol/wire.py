@@ -33,7 +33,10 @@ from .requests import (
     JAX_REQUESTS,
     KERNEL_OPTIONAL_FIELDS,
     KERNEL_REQUESTS,
+    PARENT_FIELD,
+    PARENTED_REQUESTS,
     error_reply,
+    parent_for_worker,
     validate_kernel_request,
 )
 from .schema import (
@@ -72,6 +75,8 @@ __all__ = [
     "MAX_DAP_BYTES",
     "NONCE_BYTES",
     "OPTIONAL_FIELDS",
+    "PARENTED_REQUESTS",
+    "PARENT_FIELD",
     "PROTOCOL_VERSION",
     "REQUEST_FIELD",
     "REQUEST_TAGGED",
@@ -95,6 +100,7 @@ __all__ = [
     "decode_buffers",
     "encode",
     "encode_buffers",
+    "parent_for_worker",
     "error_reply",
     "new_nonce",
     "validate_kernel_request",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,10 @@ INTERRUPTIBLE = frozenset({"execute", "comm"} | wire.JAX_REQUESTS)
 
 Pending = tuple[WorkerHandle, "asyncio.Future[dict[str, Any]]", str, object]
 
+#: Answered requests whose origin is remembered: a thread that set its parent to an earlier cell
+#: (``set_thread_parent``) or an asyncio task a cell scheduled still prints to that cell.
+RECENT_ORIGINS = 256
+
 
 class WorkerRequests:
     """The requests in flight to the current worker (or set), matched to their replies by id."""
@@ -37,6 +42,7 @@ class WorkerRequests:
         self._report = report  # a problem the user should see, on the cell's stderr
         self._ids = itertools.count(1)
         self._pending: dict[int, Pending] = {}
+        self._recent: OrderedDict[int, tuple[WorkerHandle, object]] = OrderedDict()
 
     def next_id(self) -> int:
         """A fresh id, for messages that get no reply (shutdown, reap) as for requests."""
@@ -68,6 +74,7 @@ class WorkerRequests:
             return await asyncio.wait_for(fut, timeout) if timeout else await fut
         finally:
             self._pending.pop(req_id, None)
+            self._remember(req_id, worker, kind, origin)
             if watchdog is not None:
                 watchdog.cancel()
             if kind == "execute" and worker.sandbox and worker.sandbox.new_process_limit_hits() > 0:
@@ -101,9 +108,21 @@ class WorkerRequests:
             entry[1].set_result(msg["content"])
 
     def origin_of(self, worker: WorkerHandle, msg: dict[str, Any]) -> object:
-        """The origin of the request ``msg`` is tagged with, while it runs on ``worker``; else None."""
-        entry = self._pending.get(msg.get(wire.REQUEST_FIELD, -1))
-        return entry[3] if entry is not None and entry[0] is worker else None
+        """The origin of the request ``msg`` is tagged with, if ``worker`` was sent it (running, or
+        one of the last :data:`RECENT_ORIGINS` answered); else None."""
+        req_id = msg.get(wire.REQUEST_FIELD, -1)
+        entry = self._pending.get(req_id)
+        if entry is not None:
+            return entry[3] if entry[0] is worker else None
+        recent = self._recent.get(req_id)
+        return recent[1] if recent is not None and recent[0] is worker else None
+
+    def _remember(self, req_id: int, worker: WorkerHandle, kind: str, origin: object) -> None:
+        if origin is None or kind not in INTERRUPTIBLE:
+            return
+        self._recent[req_id] = (worker, origin)
+        while len(self._recent) > RECENT_ORIGINS:
+            self._recent.popitem(last=False)
 
     def fail(self, worker: WorkerHandle, death: WorkerDied) -> bool:
         """Fail every request ``worker`` had not answered; whether there was one."""

@@ -39,6 +39,7 @@ class Inbox:
         self._idle_timeout = idle_timeout
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._closed = False
+        self.waker: Callable[[], None] | None = None  # called (on this thread) after each queued frame
         service_thread(self._read, "jax-kernel-wire-reader")
 
     def _read(self) -> None:
@@ -54,6 +55,7 @@ class Inbox:
                 msg = None
             if msg is None:  # closed, untrusted, or silent for idle_timeout: the kernel is gone
                 self._queue.put(None)
+                self._wake()
                 if self._on_close is not None:
                     self._on_close()
                 return
@@ -61,7 +63,20 @@ class Inbox:
             if route is not None:
                 route(msg)
             else:
-                self._queue.put(msg)
+                self.put(msg)
+
+    def put(self, msg: dict[str, Any]) -> None:
+        """Queue ``msg`` for the main thread (a route that decides not to serve it itself)."""
+        self._queue.put(msg)
+        self._wake()
+
+    def _wake(self) -> None:
+        waker = self.waker
+        if waker is not None:
+            try:
+                waker()
+            except RuntimeError:
+                pass  # the loop it would wake is closed: the worker is ending
 
     def get(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next request for the main thread; None on timeout; EOFError once the kernel is gone."""

@@ -68,6 +68,9 @@ class InterruptGate:
 
     @contextmanager
     def user_code(self) -> Iterator[None]:
+        if self.interruptible:  # nested: a comm served while an async cell awaits
+            yield
+            return
         self.pending = False
         self.open()
         try:
@@ -97,6 +100,7 @@ class Interpreter:
         self.gate = gate
         self._emit = emit
         self.allow_stdin = False  # the running cell's frontend can answer input_request
+        self.awaiting_cell = False  # an async cell runs: comms are served on its loop meanwhile
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         return {
@@ -119,6 +123,7 @@ class Interpreter:
         shell = self.shell
         self.budget.reset(int(msg.get("output_limit", self.budget.limit)))
         self.allow_stdin = bool(msg.get("allow_stdin", False))
+        jaxdisplay.VIEW.kernel_default = bool(msg.get("array_view", True))
         err, success, restart = self._run_cell(msg)
         self.fd_capture.drain()
         notice = self.budget.take_notice()
@@ -155,6 +160,7 @@ class Interpreter:
         debugger = sys.modules.get("jax_kernel.worker.debugger")  # loaded by the first debug request
         if debugger is not None:
             debugger.sync_tracing()
+        self.awaiting_cell = _is_async(shell, msg["code"])
         try:
             with self.gate.user_code():
                 res = shell.run_cell(
@@ -173,6 +179,7 @@ class Interpreter:
             shell.showtraceback()
             return e, False, None
         finally:
+            self.awaiting_cell = False
             self.compile_notice.cell_finished()
         return err, success, restart
 
@@ -295,3 +302,12 @@ class Interpreter:
             except ChildProcessError:
                 pass
         return {"status": "ok", "reaped": reaped}
+
+
+def _is_async(shell: Any, code: str) -> bool:
+    """Whether IPython will run ``code`` as a coroutine (top-level ``await``) on its loop."""
+    try:
+        transformed = shell.transform_cell(code)
+        return bool(shell.should_run_async(code, transformed_cell=transformed, preprocessing_exc_tuple=None))
+    except Exception:  # noqa: BLE001 - a cell IPython cannot transform runs (and fails) synchronously
+        return False

@@ -2,6 +2,11 @@
 
 Nothing here imports JAX: the formatter is registered by type name, so a worker whose cells
 never touch JAX pays nothing, and the HTML view is built only when an array is displayed.
+
+The card gives way to the user's own choice: a renderer registered for every object (treescope's
+``basic_interactive_setup`` registers one for ``object``) renders arrays too, although IPython
+would prefer our type-specific printer; ``JaxKernel.array_view`` and ``%jax_array_view`` turn the
+card off (then arrays are JAX's text only, as in the stock kernel).
 """
 
 from __future__ import annotations
@@ -18,11 +23,33 @@ PREVIEW_EDGE = 6
 PREVIEW_NDIM = 3
 
 
+class ArrayView:
+    """Whether arrays get the card: the kernel's setting (per request), unless the notebook chose."""
+
+    def __init__(self) -> None:
+        self.kernel_default = True
+        self.notebook: bool | None = None  # %jax_array_view on|off; None: follow the kernel
+
+    @property
+    def enabled(self) -> bool:
+        return self.kernel_default if self.notebook is None else self.notebook
+
+
+VIEW = ArrayView()
+
+
 def register(shell: Any) -> None:
     """Give ``jax.Array`` results an HTML view; ``text/plain`` stays JAX's own repr."""
     formatter = shell.display_formatter.formatters["text/html"]
+
+    def view(x: Any) -> Any:
+        users = formatter.type_printers.get(object)
+        if users is not None:  # the user's renderer for everything (treescope): theirs wins
+            return users(x)
+        return array_html(x) if VIEW.enabled else None
+
     for module, name in ARRAY_TYPES:
-        formatter.for_type_by_name(module, name, array_html)
+        formatter.for_type_by_name(module, name, view)
 
 
 def _describe_placement(x: Any) -> str:

@@ -245,6 +245,22 @@ class JaxMagics(Magics):
         jax_ops.STATE.output_mode = value  # the kernel routes output: it says what changed
 
     @line_magic
+    def jax_array_view(self, line: str) -> None:
+        """Turn the HTML card of JAX arrays on or off in this notebook: %jax_array_view on|off|default
+
+        ``default`` follows ``JaxKernel.array_view`` again.  Off, an array shows JAX's own text only,
+        as in the stock kernel.  A renderer registered for every object (treescope) is used either way.
+        """
+        from .jaxdisplay import VIEW
+
+        value = line.strip().lower()
+        choices = {"on": True, "off": False, "default": None}
+        if value not in choices:
+            raise UsageError(f"usage: %jax_array_view on|off|default (not {line.strip()!r})")
+        VIEW.notebook = choices[value]
+        print(f"JAX array card: {'on' if VIEW.enabled else 'off'}")
+
+    @line_magic
     def jax_memory(self, line: str) -> None:
         """Show where the worker's memory is: per device, by live array, and the process' RSS.
 

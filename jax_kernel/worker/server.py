@@ -13,9 +13,10 @@ the kernel publishes it under the frontend message the request was made for.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextvars
 import getpass
-import importlib
 import os
 import queue
 import signal
@@ -26,16 +27,18 @@ import traceback
 import warnings
 from typing import Any
 
+from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.error import StdinNotImplementedError
 from traitlets.config import Config
 
 from ..protocol import wire
 from ..protocol.budget import DEFAULT_OUTPUT_LIMIT, OutputBudget
-from . import cellnames, comms, compile_notice, importhooks, jax_ops, jaxdisplay, memory, sandbox
+from . import cellnames, comms, compile_notice, jax_ops, jaxdisplay, kernelface, memory, sandbox
 from .affinity import pin_cpus
 from .inbox import Inbox
 from .interpreter import USER_CODE_REQUESTS, Interpreter, InterruptGate
 from .jsonable import jsonable
+from .parents import Parents
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
 from .threads import service_thread
@@ -49,15 +52,18 @@ class WorkerServer:
 
     def __init__(self, conn: wire.Connection, config: dict[str, Any]) -> None:
         self.conn = conn
-        self.current_request: int | None = None  # the request outputs are tagged with
+        self.parents = Parents()  # which request each thread's output belongs to
         self.budget = OutputBudget(int(config.get("output_limit", DEFAULT_OUTPUT_LIMIT)))
         interval = FLUSH_INTERVAL
-        self.stdout = OutStream("stdout", self.emit, self.budget, interval)
-        self.stderr = OutStream("stderr", self.emit, self.budget, interval)
+        self.stdout = OutStream("stdout", self.emit, self.budget, interval, self.parents)
+        self.stderr = OutStream("stderr", self.emit, self.budget, interval, self.parents)
         sys.stdout, sys.stderr = self.stdout, self.stderr
         self.fd_capture = FdCapture({1: self.stdout, 2: self.stderr})
         self.shell = self._make_shell(config)
         self.comm_manager = comms.install(self.emit)
+        self.kernel = kernelface.install(
+            self.parents, self.emit, self._write_stream, self.shell, self.comm_manager
+        )
         jaxdisplay.register(self.shell)
         self.compile_notice = compile_notice.install(self.emit)
         sandbox.register_magic(self.shell, selftest=self.selftest)
@@ -74,6 +80,7 @@ class WorkerServer:
         self._configure(config)
         builtins.input = self.raw_input
         getpass.getpass = self.getpass
+        self.kernel.raw_input, self.kernel.getpass = self.raw_input, self.getpass
 
         self.concurrent: queue.Queue[dict[str, Any]] = queue.Queue()
         self.concurrent_handlers = {"usage": lambda msg: memory.device_memory()}
@@ -82,6 +89,8 @@ class WorkerServer:
         self.member: dict[str, Any] = dict(config.get("member") or {})
         self.inbox = self._make_inbox()
         self.handlers = {**self.interpreter.handlers(), "shutdown": self.do_shutdown}
+        self.loop = get_asyncio_loop()  # IPython's, which runs async cells: one loop for both
+        asyncio.set_event_loop(self.loop)
         # As in ipykernel (IPKernelApp.init_path): cells import modules from the notebook folder.
         # Only now, with the worker's own modules imported; the kernel never imports from there.
         if "" not in sys.path:
@@ -89,10 +98,9 @@ class WorkerServer:
 
     def _make_shell(self, config: dict[str, Any]) -> WorkerShell:
         # Libraries tell a notebook frontend from a terminal by what the stock kernel always has: an
-        # IPKernelApp section in the shell's config (plotly, ...) or ipykernel.zmqshell imported
-        # (tqdm.auto). The worker has the first always and the second once tqdm is imported: ipykernel
-        # pulls in jupyter_client and zmq, which every worker start would pay for otherwise.
-        importhooks.on_import("tqdm.autonotebook", before=_import_zmqshell)
+        # IPKernelApp section in the shell's config (tqdm, ...) and a ZMQInteractiveShell from
+        # ipykernel.zmqshell (rich, plotly, JAX's pretty-printer).  ipykernel's import (~0.13 s:
+        # jupyter_client, zmq) is paid by the standby worker, before a job.
         shell_config = Config(IPKernelApp=Config())
         history_file = (config.get("sandbox") or {}).get("history_file")
         if history_file:  # the IPython profile dir is read-only in the sandbox
@@ -104,10 +112,12 @@ class WorkerServer:
             # (Only an IPython dir under the host's /tmp is mounted read-only, by the private /tmp;
             # IPython then takes a temp dir instead, so that profile's startup files do not run.)
             warnings.filterwarnings("ignore", message="IPython dir .* is not a writable location")
-            return WorkerShell.instance(send=self.emit, config=shell_config)
+            shell = WorkerShell.instance(send=self.emit, parents=self.parents, config=shell_config)
+        _as_in_ipykernel(shell, history_file)
+        return shell
 
     def _make_inbox(self) -> Inbox:
-        routes: dict[str, Any] = {"debug": self._on_debug_request}
+        routes: dict[str, Any] = {"debug": self._on_debug_request, "comm": self._on_comm_request}
         routes.update(dict.fromkeys(wire.CONCURRENT_REQUESTS, self.concurrent.put))
         if not self.member:
             return Inbox(self.conn, routes)
@@ -152,17 +162,46 @@ class WorkerServer:
 
     # plumbing ---------------------------------------------------------------
     def emit(self, msg: dict[str, Any]) -> None:
-        """Send an output, tagged with the user-code request it comes from (the running one, or the
-        last one for a late flush or a thread's print)."""
-        if self.current_request is not None and msg.get("type") in wire.REQUEST_TAGGED:
-            msg[wire.REQUEST_FIELD] = self.current_request
+        """Send an output, tagged with the user-code request it belongs to: the sending thread's
+        parent (the running request unless the thread set another, :mod:`.parents`)."""
+        if wire.REQUEST_FIELD not in msg and msg.get("type") in wire.REQUEST_TAGGED:
+            request = self.parents.request_id()
+            if request is not None:
+                msg[wire.REQUEST_FIELD] = request
         self.conn.send(msg)
+
+    def _write_stream(self, name: str, text: str, request: int | None) -> None:
+        """Stream text published through ``kernel.session`` (ipykernel's API) joins the stream."""
+        (self.stdout if name == "stdout" else self.stderr).write_for(text, request)
 
     def _on_debug_request(self, msg: dict[str, Any]) -> None:
         """On the wire reader's thread: the debugger serves it even while a cell runs or is stopped."""
         from . import debugger  # debugpy itself is imported only by the first initialize
 
         debugger.session(self.conn.send, self.shell, cellnames.NAMES).submit(msg)
+
+    def _on_comm_request(self, msg: dict[str, Any]) -> None:
+        """On the wire reader's thread: a comm message waits for the main thread, unless an async
+        cell is awaiting; then it is served on that cell's loop at once, as ipykernel dispatches
+        comms concurrently with an awaiting cell (a widget reply the cell waits for)."""
+        if self.interpreter.awaiting_cell:
+            self.loop.call_soon_threadsafe(self._serve_comm_now, msg)
+        else:
+            self.inbox.put(msg)
+
+    def _serve_comm_now(self, msg: dict[str, Any]) -> None:
+        if not self.interpreter.awaiting_cell:
+            self.inbox.put(msg)  # the cell ended first: serve it in order with the rest
+            return
+        running = self.parents.global_parent()
+        try:
+            contextvars.copy_context().run(self._serve_in_context, msg)
+        finally:
+            self.parents.restore_global(running)  # the cell's own output stays the cell's
+
+    def _serve_in_context(self, msg: dict[str, Any]) -> None:
+        self.parents.begin(msg)
+        self._answer(self.handlers["comm"], msg)
 
     def _heartbeat(self, interval: float) -> None:
         while True:
@@ -190,7 +229,7 @@ class WorkerServer:
         threading.Thread(target=self._serve_concurrent, name="jax-kernel-usage", daemon=True).start()
         while self.running:
             try:
-                msg = self.inbox.get()
+                msg = self._next_request()
             except EOFError:
                 break
             if msg is None:
@@ -199,8 +238,33 @@ class WorkerServer:
             if handler is None:
                 continue  # a stale input_reply after an interrupted input(), for one
             if msg["type"] in USER_CODE_REQUESTS:
-                self.current_request = msg["id"]
+                self.parents.begin(msg)
             self._answer(handler, msg)
+
+    def _next_request(self) -> dict[str, Any] | None:
+        """The next request; while none is there, the shell's asyncio loop runs.
+
+        As in ipykernel, whose cells share the kernel's running loop: a task a cell created
+        (``asyncio.get_event_loop().create_task(...)``) goes on between cells, printing to the
+        cell that made it (the task copied that cell's parent), and top-level ``await`` in a
+        cell runs on this same loop (IPython's)."""
+        msg = self.inbox.get(timeout=0)
+        if msg is not None:
+            return msg
+        loop = self.loop
+        arrived = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(lambda: arrived.done() or arrived.set_result(None))
+
+        self.inbox.waker = wake
+        try:
+            msg = self.inbox.get(timeout=0)  # one may have come before the waker was set
+            if msg is None:
+                loop.run_until_complete(arrived)
+        finally:
+            self.inbox.waker = None
+        return msg if msg is not None else self.inbox.get(timeout=0)
 
     def _answer(self, handler: Any, msg: dict[str, Any]) -> None:
         try:
@@ -268,5 +332,21 @@ class WorkerServer:
         return {"status": "ok"}
 
 
-def _import_zmqshell() -> None:
-    importlib.import_module("ipykernel.zmqshell")
+def _as_in_ipykernel(shell: WorkerShell, history_file: str | None) -> None:
+    """What IPKernelApp adds to its shell: IPython's interruptible pdb, ``%store``, and a writable
+    ``shell.db`` (``%cd`` and ``%store`` write it) that is this kernel's own, next to its history,
+    never the profile's: an unsandboxed IPython would unpickle what a cell wrote there."""
+    import pdb  # noqa: T100 - replaced, as ipykernel's init_pdb replaces it
+
+    from IPython.core import debugger
+
+    if hasattr(debugger, "InterruptiblePdb"):
+        debugger.Pdb = debugger.InterruptiblePdb  # type: ignore[misc]
+        pdb.Pdb = debugger.Pdb  # type: ignore[assignment,misc]
+        pdb.set_trace = debugger.set_trace
+    if history_file:
+        from IPython.external.pickleshare import PickleShareDB
+
+        shell.db = PickleShareDB(os.path.join(os.path.dirname(history_file), "db"))
+    assert shell.extension_manager is not None  # InteractiveShell.__init__ made it
+    shell.extension_manager.load_extension("storemagic")  # IPython apps load it by default

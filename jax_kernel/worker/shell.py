@@ -1,21 +1,22 @@
-"""The IPython shell that runs cells in the worker, publishing over the wire instead of ZMQ.
+"""The IPython shell that runs cells in the worker: ipykernel's ``ZMQInteractiveShell``, over the wire.
 
-Modelled on ipykernel's ``ZMQInteractiveShell``: the same display hook, display
-publisher, traceback, pager and exit behaviour, so cells behave exactly as in the stock
-kernel, but every message goes to the kernel process as a plain JSON wire message.
+It *is* a ``ZMQInteractiveShell`` (a subclass, named so, reporting module ``ipykernel.zmqshell``),
+because that is how libraries tell a notebook from a terminal: rich renders HTML, plotly picks
+its MIME renderer, JAX's pretty-printer colours, only for that class name and module.  Its pager,
+exit, payload and subprocess behaviour are ipykernel's own; the display hook, the display
+publisher, tracebacks and the thread parents (:mod:`.parents`) send wire messages to the kernel
+process instead of ZMQ frames.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from IPython.core import page
+from ipykernel import zmqshell
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
-from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Any as AnyTrait
 from traitlets import Type
 
@@ -98,16 +99,16 @@ def _jax_exc_handler(
     return stb
 
 
-class WorkerShell(InteractiveShell):
-    """InteractiveShell whose outputs, errors and pager go over the kernel <-> worker wire."""
+class ZMQInteractiveShell(zmqshell.ZMQInteractiveShell):
+    """ipykernel's shell, whose outputs, errors and parents go over the kernel <-> worker wire."""
 
-    displayhook_class = Type(WorkerDisplayHook)
+    __module__ = "ipykernel.zmqshell"  # what plotly and others check, with the class name
+
+    displayhook_class = Type(WorkerDisplayHook)  # type: ignore[assignment]
     compiler_class = Type(CellCompiler)  # cell file names a debugger frontend can compute
-    display_pub_class = Type(WorkerDisplayPublisher)
+    display_pub_class = Type(WorkerDisplayPublisher)  # type: ignore[assignment]
     send = AnyTrait(help="Callable sending one wire message to the kernel.")
-
-    # Pipe-based like ipykernel: there is no terminal to hand a subprocess.
-    system = InteractiveShell.system_piped
+    parents = AnyTrait(help="The worker's Parents: which request output belongs to, per thread.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -142,44 +143,36 @@ class WorkerShell(InteractiveShell):
         # shows nothing here: the kernel reports it.
         self.set_custom_exc((jax_ops.JaxEntryError, jax_ops.JaxRestartRequired), _jax_exc_handler)
 
-    def init_environment(self) -> None:
-        """Colour and paging settings for subprocesses, as ipykernel sets them."""
-        env = os.environ
-        env["TERM"] = "xterm-color"
-        env["CLICOLOR"] = "1"
-        env["FORCE_COLOR"] = "1"
-        env["CLICOLOR_FORCE"] = "1"
-        env["PAGER"] = "cat"
-        env["GIT_PAGER"] = "cat"
-
-    def init_hooks(self) -> None:
-        super().init_hooks()
-        self.set_hook("show_in_pager", page.as_hook(self._payload_page), 99)
-
-    def _payload_page(self, strg: Any, start: int = 0, screen_lines: int = 0, pager_cmd: Any = None) -> None:
-        # `obj?` in a notebook opens the pager through a payload, not a terminal pager.
-        data = strg if isinstance(strg, dict) else {"text/plain": strg}
-        self._write_payload({"source": "page", "data": data, "start": max(0, start)})
-
-    def ask_exit(self) -> None:
-        """`exit` / `quit` in a cell ask the frontend to shut the kernel down."""
-        self.exit_now = True
-        self._write_payload({"source": "ask_exit", "keepkernel": False})
-
-    def set_next_input(self, text: str, replace: bool = False) -> None:
-        self._write_payload({"source": "set_next_input", "text": text, "replace": replace})
-
-    def _write_payload(self, payload: dict[str, Any]) -> None:
-        # Payloads ride on the running cell's execute_reply; IPython's __init__ made the manager.
-        assert self.payload_manager is not None
-        self.payload_manager.write_payload(payload)
-
     def enable_gui(self, gui: Any = None) -> None:
         # There is no GUI event loop in a headless worker; inline is the only backend.
         if gui not in (None, "inline"):
             from IPython.core.error import UsageError
 
             raise UsageError(f"GUI event loop {gui!r} is not available in the jax worker; use inline output")
+
+    # parents (ipykernel 7's API, kept by :mod:`.parents`) ------------------------------------
+    @property
+    def parent_header(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.parents.current().message.get("header", {}) if self.parents else {}
+
+    @parent_header.setter
+    def parent_header(self, value: Any) -> None:
+        pass  # set through set_parent; ipykernel's __init__ assigns it once
+
+    def get_parent(self) -> dict[str, Any]:
+        """The request this thread's output belongs to (the running cell's unless set otherwise)."""
+        return self.parents.current().message
+
+    def set_parent(self, parent: Any) -> None:
+        """This thread's and every unset thread's parent, as ipykernel's ``set_parent``."""
+        self.parents.set_global(parent)
+
+    def set_thread_parent(self, parent: Any) -> Any:
+        """This thread's parent only; pass the result to :meth:`reset_thread_parent` to undo it."""
+        return self.parents.set_thread(parent)
+
+    def reset_thread_parent(self, tokens: Any) -> None:
+        self.parents.reset_thread(tokens)
 
     def run_cell(self, *args: Any, **kwargs: Any) -> Any:
         self.last_error = None
@@ -190,8 +183,13 @@ class WorkerShell(InteractiveShell):
         _flush_std()
         content = {"ename": str(etype.__name__), "evalue": str(evalue), "traceback": list(stb)}
         self.last_error = content
+        self._last_traceback = list(stb)  # as ipykernel keeps it
         if getattr(self.displayhook, "msg", None) is not None:
             # Formatting the cell's result failed (a broken _repr_html_): the cell failed, as in
             # ipykernel, so nbclient and papermill stop there.
             self.display_error = True
         self.send({"type": "error", **content})
+
+
+#: The name the rest of the worker uses; the class keeps ipykernel's name for libraries' sake.
+WorkerShell = ZMQInteractiveShell

@@ -4,6 +4,11 @@ Output is batched (a flush at most every ``flush_interval`` seconds, or at once 
 one chunk) so a loop printing 100 000 lines costs a few hundred frames, not 100 000,
 and it still streams while the cell runs.  Each cell has an output budget: past it the
 text is dropped here, before it crosses the wire, and one notice says how much.
+
+Text is tagged with the request it belongs to when it is *written* (the writing thread's
+parent, :mod:`.parents`), not when the flusher sends it, so a thread printing for an earlier
+cell stays with that cell.  The streams are ``ipykernel.iostream.OutStream`` subclasses, as
+code checks ``isinstance(sys.stdout, OutStream)`` to tell it runs in a kernel.
 """
 
 from __future__ import annotations
@@ -17,23 +22,38 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ipykernel import iostream
+
 from ..protocol import wire
 from ..protocol.budget import OutputBudget
+from .parents import Parents
 from .threads import service_thread
 
 Send = Callable[[dict[str, Any]], None]
 
 
-class OutStream(io.TextIOBase):
+class OutStream(iostream.OutStream):
     """A text stream that sends ``stream`` messages, batched on a flusher thread."""
 
-    def __init__(self, name: str, send: Send, budget: OutputBudget, flush_interval: float) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        name: str,
+        send: Send,
+        budget: OutputBudget,
+        flush_interval: float,
+        parents: Parents | None = None,
+    ) -> None:
+        io.TextIOBase.__init__(self)  # not ipykernel's: it would start an IOPub thread and watch fds
         self.name = name
+        self.session = None
+        self.pub_thread = None
+        self._master_pid = os.getpid()  # ipykernel's: a forked child's stream knows it is one
         self._send = send
         self._budget = budget
         self._interval = flush_interval
+        self._parents = parents or Parents()
         self._buf: list[str] = []
+        self._buf_request: int | None = None  # the request the buffered text belongs to
         self._size = 0
         self._last_send = 0.0
         self._flusher_pid = 0
@@ -48,6 +68,31 @@ class OutStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    @property
+    def closed(self) -> bool:  # type: ignore[override]
+        return False
+
+    def close(self) -> None:
+        self.flush_now()  # sys.stdout outlives a cell that closes it, as ipykernel's does
+
+    # ipykernel's parent API, kept by the worker's Parents
+    @property
+    def parent_header(self) -> dict[str, Any]:  # type: ignore[override]
+        return self._parents.current().message.get("header", {})
+
+    @parent_header.setter
+    def parent_header(self, value: Any) -> None:
+        self._parents.set_global({"header": value})
+
+    def set_parent(self, parent: Any) -> None:
+        self._parents.set_global(parent)
+
+    def set_thread_parent(self, parent: Any) -> Any:
+        return self._parents.set_thread(parent)
+
+    def reset_thread_parent(self, token: Any) -> None:
+        self._parents.reset_thread(token)
+
     def isatty(self) -> bool:
         return False
 
@@ -59,9 +104,20 @@ class OutStream(io.TextIOBase):
     def write(self, text: str) -> int:  # type: ignore[override]
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        return self.write_for(text, self._parents.request_id())
+
+    def writelines(self, lines: Any) -> None:  # type: ignore[override]
+        for line in lines:
+            self.write(line)
+
+    def write_for(self, text: str, request: int | None) -> int:
+        """Write ``text`` as output of kernel request ``request`` (None: no known request)."""
         if not text:
             return 0
         with self._cond:
+            if self._buf and request != self._buf_request:
+                self._flush_locked()  # what is buffered belongs to another request
+            self._buf_request = request
             self._buf.append(text)
             self._size += len(text)
             if self._size >= wire.STREAM_CHUNK:
@@ -114,8 +170,9 @@ class OutStream(io.TextIOBase):
                 self._size = len(rest)
         text = self._budget.admit(text)
         self._last_send = time.monotonic()
+        tag = {} if self._buf_request is None else {wire.REQUEST_FIELD: self._buf_request}
         for i in range(0, len(text), wire.STREAM_CHUNK):
-            self._send({"type": "stream", "name": self.name, "text": text[i : i + wire.STREAM_CHUNK]})
+            self._send({"type": "stream", "name": self.name, "text": text[i : i + wire.STREAM_CHUNK], **tag})
 
     def _ensure_thread(self) -> None:
         if self._thread is None:

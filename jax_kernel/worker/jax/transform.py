@@ -116,7 +116,9 @@ def transform(
     value = block(transformed(*call_args))
     if opts.get("jaxpr"):
         static = opts.get("static_argnums", ()) if names[0] == "jit" else ()
-        reports["jaxpr"] = str(jax.make_jaxpr(transformed, static_argnums=static)(*call_args))
+        jaxpr = jax.make_jaxpr(transformed, static_argnums=static)(*call_args)
+        # Plain text: JAX colours jaxprs for a notebook shell (ours is one), not for a JSON report.
+        reports["jaxpr"] = jaxpr.pretty_print(use_color=False)
     if opts.get("hlo") or opts.get("cost"):
         target = lowerable if lowerable is not None else jax.jit(transformed)
         lowered = target.lower(*call_args)
