@@ -252,6 +252,11 @@ class WorkerServer:
         if msg is not None:
             return msg
         loop = self.loop
+        if _loop_is_idle(loop):
+            # Nothing for the loop to do: wait on the queue itself.  Waking a loop costs a widget
+            # round trip about 0.8 ms (bench_frontends: 1.15 -> 1.25 x stock); a callback another
+            # thread schedules with call_soon_threadsafe waits for the next request meanwhile.
+            return self.inbox.get()
         arrived = loop.create_future()
 
         def wake() -> None:
@@ -330,6 +335,14 @@ class WorkerServer:
     def do_shutdown(self, msg: dict[str, Any]) -> dict[str, Any]:
         self.running = False
         return {"status": "ok"}
+
+
+def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
+    """No task, ready callback or timer on ``loop`` (asyncio's BaseEventLoop keeps the last two in
+    ``_ready`` and ``_scheduled``; a loop without them is treated as busy)."""
+    if asyncio.all_tasks(loop):
+        return False
+    return not getattr(loop, "_ready", True) and not getattr(loop, "_scheduled", True)
 
 
 def _as_in_ipykernel(shell: WorkerShell, history_file: str | None) -> None:
