@@ -174,8 +174,11 @@ def test_crash_between_cells_is_reported_on_the_next_cell(crash_kernel: Kernel) 
 
 def test_execution_count_continues_after_a_crash(crash_kernel: Kernel) -> None:
     before = crash_kernel.ok("1").reply["execution_count"]
-    crash_kernel.run("import os; os._exit(1)")
+    crashed = crash_kernel.run("import os; os._exit(1)")
     after = crash_kernel.ok("1").reply["execution_count"]
+    # The crashed cell keeps its own number (the one its execute_input showed), as frontends
+    # pair In [n] with the reply; the next cell takes the one after it.
+    assert crashed.reply["execution_count"] == before + 1
     assert after == before + 2
 
 

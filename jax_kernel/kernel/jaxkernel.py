@@ -313,6 +313,7 @@ class JaxKernel(Kernel):
         if death is not None:
             return self._error_reply(death, origin, ran=False)
         # If the worker dies mid-cell, its replacement continues the numbering after this cell.
+        cell_count = self._execution_count  # what execute_input said: the reply says the same
         self.manager.execution_count = self._execution_count + (1 if store_history and not silent else 0)
         request = {
             "code": code,
@@ -339,11 +340,11 @@ class JaxKernel(Kernel):
                 self.io_loop.call_later(0.1, self.io_loop.stop)
         except WorkerError as e:
             self._execution_count = self.manager.execution_count
-            return self._error_reply(e, origin, ran=True)
+            return self._error_reply(e, origin, ran=True, count=cell_count)
         except Exception as e:  # noqa: BLE001 - the frontend must get a reply, whatever went wrong
             self.log.exception("Internal error while running a cell")
             error = WorkerError(f"internal error in the kernel ({type(e).__name__}: {e})")
-            return self._error_reply(error, origin, ran=True)
+            return self._error_reply(error, origin, ran=True, count=cell_count)
         finally:
             self.stdin.cancel()
             self._finish_stream_budget(origin)
@@ -355,13 +356,16 @@ class JaxKernel(Kernel):
         if notice:
             self.outputs.publish("stream", {"name": "stderr", "text": notice}, origin)
 
-    def _error_reply(self, error: WorkerError, origin: Origin, ran: bool) -> dict[str, t.Any]:
-        """End the cell with an error that says what happened to the worker and to the variables."""
+    def _error_reply(
+        self, error: WorkerError, origin: Origin, ran: bool, count: int | None = None
+    ) -> dict[str, t.Any]:
+        """End the cell with an error that says what happened to the worker and to the variables;
+        ``count``: the cell's own number (its execute_input's), when it ran and the next cell's moved on."""
         content = replies.worker_error(error, ran)
         self.outputs.publish("error", content, origin)
         return {
             "status": "error",
-            "execution_count": self._execution_count,
+            "execution_count": self._execution_count if count is None else count,
             "user_expressions": {},
             "payload": [],
             **content,
