@@ -168,13 +168,12 @@ class JaxKernel(Kernel):
         assert self.session is not None  # the app gives the kernel its session before any request
         self.session.send(stream, msg_type, content, parent, ident)
 
-    def _origin(self) -> Origin:
-        """The shell request being handled (ipykernel keeps it in a ContextVar per request)."""
-        return Origin(
-            self.get_parent("shell"),
-            self._get_shell_context_var(self._shell_parent_ident),
-            (self._control_parent, self._control_parent_ident),
-        )
+    def _origin(self, parent: t.Any = None, ident: t.Any = None) -> Origin:
+        """The origin of a request for ``parent`` (default: the shell request being handled, which
+        ipykernel keeps in a ContextVar per request), with the newest control message."""
+        if parent is None:
+            parent, ident = self.get_parent("shell"), self._get_shell_context_var(self._shell_parent_ident)
+        return Origin(parent, ident, (self._control_parent, self._control_parent_ident))
 
     # protocol surface ---------------------------------------------------------------
     @property
@@ -250,7 +249,7 @@ class JaxKernel(Kernel):
         if not isinstance(content.get("comm_id"), str):
             self.log.warning("Ignoring a %s without a comm_id", msg_type)
             return
-        origin = self.outputs.begin(Origin(parent, ident, (self._control_parent, self._control_parent_ident)))
+        origin = self.outputs.begin(self._origin(parent, ident))
         self.outputs.track_comm(msg_type, content)
         buffers = wire.encode_buffers(parent.get("buffers"))
         request = {

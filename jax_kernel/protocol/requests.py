@@ -52,13 +52,17 @@ KERNEL_REQUESTS: dict[str, _Spec] = {
 #: widgets, ``interact`` and thread-local parents work as in ipykernel.
 PARENT_FIELD = "parent"
 
-#: Requests that run user code, and so carry their frontend parent.
-PARENTED_REQUESTS = frozenset({"execute", "comm"} | JAX_REQUESTS)
+#: Requests that run user code (cells, widget callbacks, the JAX entry points): they carry their
+#: frontend parent, an interrupt and its grace period apply to them, and what is printed later
+#: (a thread, a late flush) belongs to one of them, never to a completion or history request.
+USER_CODE_REQUESTS = frozenset({"execute", "comm"} | JAX_REQUESTS)
+
+#: How many answered user-code requests each side remembers: the kernel their origins, the worker
+#: their parents, so that a thread or task that chose an earlier cell still prints there.
+REMEMBERED_REQUESTS = 256
 
 KERNEL_OPTIONAL_FIELDS: dict[str, _Spec] = {
-    **{kind: {PARENT_FIELD: dict} for kind in JAX_REQUESTS},
     "execute": {
-        PARENT_FIELD: dict,
         "silent": bool,
         "store_history": bool,
         "user_expressions": dict,
@@ -82,11 +86,14 @@ KERNEL_OPTIONAL_FIELDS: dict[str, _Spec] = {
     },
     "input_reply": {"value": str},
     "activate": {"config": dict, "env": dict},
-    "comm": {"metadata": dict, "buffers": list, PARENT_FIELD: dict},
+    "comm": {"metadata": dict, "buffers": list},
     "comm_info": {"target_name": (str, _NONE)},
     "selftest_done": {"status": int},
     "reap": {"pids": list},
 }
+
+for _kind in USER_CODE_REQUESTS:
+    KERNEL_OPTIONAL_FIELDS.setdefault(_kind, {})[PARENT_FIELD] = dict
 
 #: Requests the worker answers on a thread of their own, even while a cell runs.
 CONCURRENT_REQUESTS = frozenset({"usage"})

@@ -22,15 +22,10 @@ from ..protocol import wire
 from .errors import WorkerDied, WorkerError
 from .handle import WorkerHandle
 
-#: Requests that run user code (cells, widget callbacks, the JAX entry points): an interrupt and
-#: its grace period apply.
-INTERRUPTIBLE = frozenset({"execute", "comm"} | wire.JAX_REQUESTS)
+#: Requests that run user code: an interrupt and its grace period apply.
+INTERRUPTIBLE = wire.USER_CODE_REQUESTS
 
 Pending = tuple[WorkerHandle, "asyncio.Future[dict[str, Any]]", str, object]
-
-#: Answered requests whose origin is remembered: a thread that set its parent to an earlier cell
-#: (``set_thread_parent``) or an asyncio task a cell scheduled still prints to that cell.
-RECENT_ORIGINS = 256
 
 
 class WorkerRequests:
@@ -109,7 +104,7 @@ class WorkerRequests:
 
     def origin_of(self, worker: WorkerHandle, msg: dict[str, Any]) -> object:
         """The origin of the request ``msg`` is tagged with, if ``worker`` was sent it (running, or
-        one of the last :data:`RECENT_ORIGINS` answered); else None."""
+        one of the last ``wire.REMEMBERED_REQUESTS`` answered); else None."""
         req_id = msg.get(wire.REQUEST_FIELD, -1)
         entry = self._pending.get(req_id)
         if entry is not None:
@@ -121,7 +116,7 @@ class WorkerRequests:
         if origin is None or kind not in INTERRUPTIBLE:
             return
         self._recent[req_id] = (worker, origin)
-        while len(self._recent) > RECENT_ORIGINS:
+        while len(self._recent) > wire.REMEMBERED_REQUESTS:
             self._recent.popitem(last=False)
 
     def fail(self, worker: WorkerHandle, death: WorkerDied) -> bool:

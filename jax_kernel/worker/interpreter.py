@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from IPython.core import release
+from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.utils.tokenutil import token_at_cursor
 
@@ -25,10 +26,6 @@ from . import jax_ops, jaxdisplay
 from .streams import FdCapture
 
 EXPERIMENTAL_TYPES_KEY = "_jupyter_types_experimental"
-
-#: Requests that run user code: what is printed or displayed later (a thread, a late flush) belongs
-#: to the last of them, never to a completion or history request served in between.
-USER_CODE_REQUESTS = frozenset({"execute", "comm", "jax_load", "jax_transform", "jax_program"})
 
 
 class InterruptGate:
@@ -101,6 +98,16 @@ class Interpreter:
         self._emit = emit
         self.allow_stdin = False  # the running cell's frontend can answer input_request
         self.awaiting_cell = False  # an async cell runs: comms are served on its loop meanwhile
+        shell.loop_runner = self._await_cell  # IPython calls it for cells with top-level await
+
+    def _await_cell(self, coro: Any) -> Any:
+        """Run an async cell's coroutine on IPython's loop, as its own asyncio runner does, marking
+        the time it awaits (the server then serves comms on that loop)."""
+        self.awaiting_cell = True
+        try:
+            return get_asyncio_loop().run_until_complete(coro)
+        finally:
+            self.awaiting_cell = False
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         return {
@@ -160,7 +167,6 @@ class Interpreter:
         debugger = sys.modules.get("jax_kernel.worker.debugger")  # loaded by the first debug request
         if debugger is not None:
             debugger.sync_tracing()
-        self.awaiting_cell = _is_async(shell, msg["code"])
         try:
             with self.gate.user_code():
                 res = shell.run_cell(
@@ -179,7 +185,6 @@ class Interpreter:
             shell.showtraceback()
             return e, False, None
         finally:
-            self.awaiting_cell = False
             self.compile_notice.cell_finished()
         return err, success, restart
 
@@ -302,12 +307,3 @@ class Interpreter:
             except ChildProcessError:
                 pass
         return {"status": "ok", "reaped": reaped}
-
-
-def _is_async(shell: Any, code: str) -> bool:
-    """Whether IPython will run ``code`` as a coroutine (top-level ``await``) on its loop."""
-    try:
-        transformed = shell.transform_cell(code)
-        return bool(shell.should_run_async(code, transformed_cell=transformed, preprocessing_exc_tuple=None))
-    except Exception:  # noqa: BLE001 - a cell IPython cannot transform runs (and fails) synchronously
-        return False

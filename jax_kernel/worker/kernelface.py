@@ -22,13 +22,11 @@ from .parents import Parents
 
 Send = Callable[[dict[str, Any]], None]
 
-#: IOPub message types a cell may publish through the kernel's session, and the wire fields of each.
+#: IOPub message types a cell may publish through the kernel's session (besides streams and comms),
+#: and the wire fields of each: the wire schema's, required and optional.
 _OUTPUT_FIELDS = {
-    "display_data": ("data", "metadata", "transient"),
-    "update_display_data": ("data", "metadata", "transient"),
-    "execute_result": ("data", "metadata", "execution_count"),
-    "clear_output": ("wait",),
-    "error": ("ename", "evalue", "traceback"),
+    kind: (*wire.WORKER_MESSAGES[kind], *wire.OPTIONAL_FIELDS.get(kind, {}))
+    for kind in ("display_data", "update_display_data", "execute_result", "clear_output", "error")
 }
 
 

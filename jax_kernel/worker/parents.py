@@ -16,8 +16,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-#: Parents remembered by msg_id, for set_parent(p) with a message of an earlier request.
-REMEMBERED = 256
+from ..protocol import wire
 
 
 class Parent:
@@ -65,7 +64,7 @@ class Parents:
             self.control = Parent(None, {"header": dict(control["header"])}, _idents(control.get("ident")))
         with self._lock:
             self._by_msg_id[message["msg_id"]] = parent
-            while len(self._by_msg_id) > REMEMBERED:
+            while len(self._by_msg_id) > wire.REMEMBERED_REQUESTS:  # set_parent(p) of an earlier one
                 self._by_msg_id.popitem(last=False)
         self._global = parent
         self._thread.set(parent)
@@ -107,6 +106,46 @@ class Parents:
 
     def reset_thread(self, token: contextvars.Token[Parent]) -> None:
         self._thread.reset(token)
+
+
+class ParentAPI:
+    """ipykernel 7's parent API (``get_parent``, ``set_parent``, ``set_thread_parent``, ...) on the
+    shell and on the streams, as ipykernel has it on both; one :class:`Parents` keeps it."""
+
+    def _kept_by(self) -> Parents | None:
+        raise NotImplementedError
+
+    @property
+    def parent_header(self) -> dict[str, Any]:
+        parents = self._kept_by()
+        return parents.current().message.get("header", {}) if parents is not None else {}
+
+    @parent_header.setter
+    def parent_header(self, value: Any) -> None:
+        parents = self._kept_by()
+        if parents is not None:  # None while ipykernel's __init__ runs
+            parents.set_global({"header": value})
+
+    def get_parent(self) -> dict[str, Any]:
+        """The request this thread's output belongs to (the running cell's unless set otherwise)."""
+        parents = self._kept_by()
+        return parents.current().message if parents is not None else {}
+
+    def set_parent(self, parent: Any) -> None:
+        """This thread's and every unset thread's parent, as ipykernel's ``set_parent``."""
+        parents = self._kept_by()
+        if parents is not None:
+            parents.set_global(parent)
+
+    def set_thread_parent(self, parent: Any) -> Any:
+        """This thread's parent only; pass the result to :meth:`reset_thread_parent` to undo it."""
+        parents = self._kept_by()
+        return parents.set_thread(parent) if parents is not None else None
+
+    def reset_thread_parent(self, token: Any) -> None:
+        parents = self._kept_by()
+        if parents is not None and token is not None:
+            parents.reset_thread(token)
 
 
 def _idents(raw: Any) -> list[bytes]:

@@ -36,7 +36,7 @@ from ..protocol.budget import DEFAULT_OUTPUT_LIMIT, OutputBudget
 from . import cellnames, comms, compile_notice, jax_ops, jaxdisplay, kernelface, memory, sandbox
 from .affinity import pin_cpus
 from .inbox import Inbox
-from .interpreter import USER_CODE_REQUESTS, Interpreter, InterruptGate
+from .interpreter import Interpreter, InterruptGate
 from .jsonable import jsonable
 from .parents import Parents
 from .shell import WorkerShell
@@ -237,7 +237,7 @@ class WorkerServer:
             handler = self.handlers.get(msg["type"])
             if handler is None:
                 continue  # a stale input_reply after an interrupted input(), for one
-            if msg["type"] in USER_CODE_REQUESTS:
+            if msg["type"] in wire.USER_CODE_REQUESTS:
                 self.parents.begin(msg)
             self._answer(handler, msg)
 

@@ -23,6 +23,7 @@ from traitlets import Type
 from ..protocol.schema import error_line
 from .cellnames import CellCompiler
 from .jsonable import jsonable
+from .parents import ParentAPI, Parents
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -99,7 +100,7 @@ def _jax_exc_handler(
     return stb
 
 
-class ZMQInteractiveShell(zmqshell.ZMQInteractiveShell):
+class ZMQInteractiveShell(ParentAPI, zmqshell.ZMQInteractiveShell):  # type: ignore[misc]
     """ipykernel's shell, whose outputs, errors and parents go over the kernel <-> worker wire."""
 
     __module__ = "ipykernel.zmqshell"  # what plotly and others check, with the class name
@@ -150,29 +151,8 @@ class ZMQInteractiveShell(zmqshell.ZMQInteractiveShell):
 
             raise UsageError(f"GUI event loop {gui!r} is not available in the jax worker; use inline output")
 
-    # parents (ipykernel 7's API, kept by :mod:`.parents`) ------------------------------------
-    @property
-    def parent_header(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.parents.current().message.get("header", {}) if self.parents else {}
-
-    @parent_header.setter
-    def parent_header(self, value: Any) -> None:
-        pass  # set through set_parent; ipykernel's __init__ assigns it once
-
-    def get_parent(self) -> dict[str, Any]:
-        """The request this thread's output belongs to (the running cell's unless set otherwise)."""
-        return self.parents.current().message
-
-    def set_parent(self, parent: Any) -> None:
-        """This thread's and every unset thread's parent, as ipykernel's ``set_parent``."""
-        self.parents.set_global(parent)
-
-    def set_thread_parent(self, parent: Any) -> Any:
-        """This thread's parent only; pass the result to :meth:`reset_thread_parent` to undo it."""
-        return self.parents.set_thread(parent)
-
-    def reset_thread_parent(self, tokens: Any) -> None:
-        self.parents.reset_thread(tokens)
+    def _kept_by(self) -> Parents | None:
+        return self.parents  # type: ignore[no-any-return]
 
     def run_cell(self, *args: Any, **kwargs: Any) -> Any:
         self.last_error = None

@@ -26,13 +26,13 @@ from ipykernel import iostream
 
 from ..protocol import wire
 from ..protocol.budget import OutputBudget
-from .parents import Parents
+from .parents import ParentAPI, Parents
 from .threads import service_thread
 
 Send = Callable[[dict[str, Any]], None]
 
 
-class OutStream(iostream.OutStream):
+class OutStream(ParentAPI, iostream.OutStream):  # type: ignore[misc]
     """A text stream that sends ``stream`` messages, batched on a flusher thread."""
 
     def __init__(
@@ -75,23 +75,8 @@ class OutStream(iostream.OutStream):
     def close(self) -> None:
         self.flush_now()  # sys.stdout outlives a cell that closes it, as ipykernel's does
 
-    # ipykernel's parent API, kept by the worker's Parents
-    @property
-    def parent_header(self) -> dict[str, Any]:  # type: ignore[override]
-        return self._parents.current().message.get("header", {})
-
-    @parent_header.setter
-    def parent_header(self, value: Any) -> None:
-        self._parents.set_global({"header": value})
-
-    def set_parent(self, parent: Any) -> None:
-        self._parents.set_global(parent)
-
-    def set_thread_parent(self, parent: Any) -> Any:
-        return self._parents.set_thread(parent)
-
-    def reset_thread_parent(self, token: Any) -> None:
-        self._parents.reset_thread(token)
+    def _kept_by(self) -> Parents:
+        return self._parents
 
     def isatty(self) -> bool:
         return False
