@@ -27,7 +27,19 @@ import sys
 import time
 from collections.abc import Callable
 
-from harness import JAX, NOTES, PY, BenchError, BenchKernel, Result, bench_environment, started
+from harness import (
+    JAX,
+    NOTES,
+    PY,
+    BenchError,
+    BenchKernel,
+    Result,
+    bench_environment,
+    control_request,
+    create_subshell,
+    execute,
+    started,
+)
 from tables import Row, fmt_time, header, median, ratio, report, spread, versus
 
 OK_CELL = "1"
@@ -256,6 +268,50 @@ def bench_floods(jax_k: BenchKernel, py_k: BenchKernel, reps: int) -> dict[str, 
     return out
 
 
+#: What the main shell runs while a subshell is timed: waiting (data loading, a sleep: the GIL is
+#: free) or computing in Python (the GIL is held, and the subshell's thread gets it every 5 ms).
+BUSY_CELLS = {
+    "idle": None,
+    "sleeping": "import time as _t\n_t.sleep({seconds})",
+    "computing": "import time as _t\n_end = _t.monotonic() + {seconds}\nwhile _t.monotonic() < _end:\n    pass",
+}
+
+
+def bench_subshells(jax_k: BenchKernel, py_k: BenchKernel, n: int) -> dict[str, dict[str, list[float]]]:
+    """A trivial cell in a subshell (request → reply + idle) while the main shell is idle, sleeps
+    or computes: kernels in turn, the main cell long enough for all ``n`` subshell cells."""
+    times: dict[str, dict[str, list[float]]] = {b: {JAX: [], PY: []} for b in BUSY_CELLS}
+    subshells = {k.name: create_subshell(k._client()) for k in (jax_k, py_k)}
+    for k in (jax_k, py_k):  # each subshell's threads started and warm
+        for _ in range(5):
+            execute(k._client(), "1", timeout=60, subshell_id=subshells[k.name])
+    time.sleep(3)  # past WorkerManager.standby_delay: the standby's start does not land in the timings
+    for busy, main_code in BUSY_CELLS.items():
+        for i in range(2):
+            kernel = (jax_k, py_k)[i] if busy != "computing" else (py_k, jax_k)[i]
+            kc = kernel._client()
+            if main_code is not None:
+                kc.execute(main_code.format(seconds=max(3.0, n * 0.1)))
+                time.sleep(0.3)
+            for _ in range(n):
+                cell = execute(kc, "1", timeout=60, subshell_id=subshells[kernel.name])
+                if cell.status != "ok":
+                    raise BenchError(f"{kernel.name}: a subshell cell failed: {cell.reply}")
+                times[busy][kernel.name].append(cell.seconds)
+            kernel.run_ok("2")  # queued behind the main cell: it has ended
+    for k in (jax_k, py_k):
+        control_request(k._client(), "delete_subshell_request", {"subshell_id": subshells[k.name]})
+    return times
+
+
+def subshell_rows(sub: dict[str, dict[str, list[float]]]) -> list[Row]:
+    """A subshell's cell beside the main shell's: the extra hop must not cost more than in ipykernel."""
+    return [
+        versus(f"Subshell cell `1` while the main shell is {busy}", sub[busy][JAX], sub[busy][PY])
+        for busy in BUSY_CELLS
+    ]
+
+
 def cell_rows(rt: dict[str, dict[str, list[float]]]) -> list[Row]:
     """Trivial cells against the stock kernel: the hop to the worker must cost (almost) nothing."""
     rows = []
@@ -358,7 +414,7 @@ def flood_rows(floods: dict[str, dict[str, list[float]]]) -> list[Row]:
     return rows
 
 
-PARTS = ("cells", "starts", "crashes", "jit", "floods")
+PARTS = ("cells", "subshells", "starts", "crashes", "jit", "floods")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -394,11 +450,19 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     rows: dict[str, list[Row]] = {}
     try:
-        if {"cells", "crashes", "jit", "floods"} & set(args.parts):
+        if {"cells", "subshells", "crashes", "jit", "floods"} & set(args.parts):
             jax_k, py_k = started(JAX), started(PY)
             if "cells" in args.parts:
                 print(f"round trips: {warmup} warm-up + {n} each…", file=sys.stderr, flush=True)
                 rows["cells"] = cell_rows(bench_round_trip(jax_k, py_k, n, warmup))
+            if "subshells" in args.parts:
+                m = 10 if args.quick else 40
+                print(
+                    f"subshell cells: {m} each, main shell idle, sleeping, computing…",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                rows["subshells"] = subshell_rows(bench_subshells(jax_k, py_k, m))
             if "crashes" in args.parts:
                 print(f"crash recovery: {reps} rounds…", file=sys.stderr, flush=True)
                 rows["crashes"] = crash_rows(bench_crashes(jax_k, py_k, reps))

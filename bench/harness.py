@@ -179,13 +179,18 @@ def execute(
     timeout: float = TIMEOUT,
     stdin: Callable[[dict[str, Any]], str] | None = None,
     on_output: Callable[[str, dict[str, Any], float], None] | None = None,
+    subshell_id: str | None = None,
     **kwargs: Any,
 ) -> Result:
-    """Run one cell and collect everything up to the idle status and the reply, answering input
-    requests; messages for other requests are skipped.  The clock stops when the later of idle
+    """Run one cell (in the main shell, or in subshell ``subshell_id``) and collect everything up
+    to the idle status and the reply, answering input requests; messages for other requests are
+    skipped.  The clock stops when the later of idle
     and reply has arrived, which is when a notebook considers the cell finished."""
     t0 = time.perf_counter()
-    msg_id = kc.execute(code, allow_stdin=stdin is not None, **kwargs)
+    if subshell_id is None:
+        msg_id = kc.execute(code, allow_stdin=stdin is not None, **kwargs)
+    else:
+        msg_id = send_to_subshell(kc, subshell_id, code, **kwargs)
     outputs: list[tuple[str, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout
     while True:
@@ -219,6 +224,45 @@ def execute(
         reply = kc.get_shell_msg(timeout=max(deadline - time.monotonic(), 1))
         if reply["parent_header"].get("msg_id") == msg_id:
             return Result(reply["content"], outputs, time.perf_counter() - t0, msg_id)
+
+
+# subshells (JEP 91) ------------------------------------------------------------------------------
+def control_request(kc: BlockingKernelClient, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+    """Send a control request (``create_subshell_request``, ...) and return its reply's content."""
+    msg = kc.session.msg(msg_type, content)
+    kc.control_channel.send(msg)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        reply = kc.get_control_msg(timeout=TIMEOUT)
+        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            return dict(reply["content"])
+    raise TimeoutError(f"no {msg_type} reply")
+
+
+def create_subshell(kc: BlockingKernelClient) -> str:
+    """A new subshell's id, as JupyterLab's "New Subshell Console" asks for one."""
+    reply = control_request(kc, "create_subshell_request", {})
+    if reply.get("status") != "ok":
+        raise RuntimeError(f"create_subshell_request failed: {reply}")
+    return str(reply["subshell_id"])
+
+
+def send_to_subshell(
+    kc: BlockingKernelClient, subshell_id: str, code: str, silent: bool = False, store_history: bool = True
+) -> str:
+    """Send an execute_request addressed to a subshell (its id in the header); its msg_id."""
+    content = {
+        "code": code,
+        "silent": silent,
+        "store_history": store_history,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    msg = kc.session.msg("execute_request", content)
+    msg["header"]["subshell_id"] = subshell_id
+    kc.shell_channel.send(msg)
+    return str(msg["header"]["msg_id"])
 
 
 # benches: kernels that are always cleaned up ------------------------------------------------------

@@ -50,6 +50,21 @@ CELLS = {
         "slider.observe(lambda change: setattr(label, 'value', f'worker saw {change[\"new\"]}'), 'value')\n"
         "widgets.VBox([slider, label])"
     ),
+    # Comms over a subshell (JupyterLab 4.4+ sends them so): the slider works while a cell runs.
+    "busy_slider": (
+        "import ipywidgets as widgets\n"
+        "busy_slider = widgets.IntSlider(value=10, description='m')\n"
+        "busy_label = widgets.Label('idle')\n"
+        "busy_slider.observe(lambda c: setattr(busy_label, 'value', f'moved to {c[\"new\"]}'), 'value')\n"
+        "widgets.VBox([busy_slider, busy_label])"
+    ),
+    "busy": (
+        "import time\nt0 = time.monotonic()\n"
+        "while busy_label.value == 'idle' and time.monotonic() - t0 < 60:\n    time.sleep(0.05)\n"
+        "print('while the cell ran:', busy_label.value)"
+    ),
+    "long": "import time\nfor step in range(80):\n    time.sleep(0.25)\nprint('long cell done')",
+    "plotly": "import plotly.graph_objects as go\ngo.Figure(go.Scatter(x=[1, 2, 3], y=[3, 1, 2]))",
     "tqdm": "from tqdm.auto import tqdm\nimport time\nfor i in tqdm(range(50)):\n    time.sleep(0.01)",
     "error": "1 / 0",
     "array": "import jax.numpy as jnp\njnp.arange(12.0).reshape(3, 4)",
@@ -135,6 +150,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.root_dir={root}",
             f"--IdentityProvider.token={TOKEN}",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run commands by their id
         ],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -264,6 +280,61 @@ def test_slider_moved_in_the_browser_reaches_the_worker(page: Any) -> None:
     # The observer runs in the worker and sets the label, which the frontend re-renders.
     playwright_api.expect(out.locator("div.widget-label")).to_contain_text("worker saw 4")
     shot(page, "slider")
+
+
+def test_a_slider_responds_while_a_cell_runs_through_a_subshell(page: Any) -> None:
+    out = run(page, "busy_slider")
+    handle = out.locator(".widget-slider .noUi-handle").first
+    playwright_api.expect(handle).to_be_visible()
+    busy = run(page, "busy", wait=False)  # loops until the slider's observer has run
+    playwright_api.expect(busy.locator(".jp-InputPrompt")).to_have_text("[*]:")
+    page.wait_for_timeout(500)
+    handle.focus()
+    page.keyboard.press("ArrowRight")
+    # The move is served by the worker's subshell thread while the main shell's cell runs; the
+    # cell sees the observer's effect and ends (it would wait 60 s otherwise).
+    playwright_api.expect(out.locator("div.widget-label")).to_contain_text("moved to 11", timeout=20_000)
+    playwright_api.expect(busy.locator(".jp-OutputArea-output")).to_contain_text(
+        "while the cell ran: moved to 11", timeout=20_000
+    )
+    wait_idle(page)
+    shot(page, "busy_slider")
+
+
+def test_a_subshell_console_runs_while_the_notebooks_cell_runs(page: Any) -> None:
+    # What the notebook's context menu "New Subshell Console for Notebook" runs.  (Opened before
+    # the long cell: the console connects by a kernel_info_request to the main shell, which waits
+    # for a running cell in the stock kernel too.)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:create-subshell-console')")
+    console = page.locator(".jp-CodeConsole").last
+    editor = console.locator(".jp-CodeConsole-promptCell .jp-InputArea-editor")
+    playwright_api.expect(editor).to_be_visible()
+    page.wait_for_timeout(1000)
+    long = run(page, "long", wait=False)
+    prompt = long.locator(".jp-InputPrompt")
+    playwright_api.expect(prompt).to_have_text("[*]:")
+    page.wait_for_timeout(1000)
+    editor.click()
+    page.keyboard.type("print('step', step, 'of the running cell')")
+    page.keyboard.press("Shift+Enter")
+    answer = console.locator(".jp-OutputArea-output").last
+    playwright_api.expect(answer).to_contain_text(re.compile(r"step \d+ of the running cell"), timeout=20_000)
+    step = int(re.search(r"step (\d+)", answer.inner_text()).group(1))
+    assert step < 79, f"the console answered only after the notebook's cell (step {step})"
+    shot(page, "subshell_console")
+    playwright_api.expect(long.locator(".jp-OutputArea-output")).to_contain_text(
+        "long cell done", timeout=60_000
+    )
+    wait_idle(page)
+
+
+def test_a_plotly_figure_is_drawn_by_its_mime_renderer(page: Any) -> None:
+    out = run(page, "plotly")
+    plot = out.locator(".js-plotly-plot .main-svg").first
+    playwright_api.expect(plot).to_be_visible()
+    # One trace of three points, drawn by plotly's JupyterLab extension from the MIME bundle.
+    playwright_api.expect(out.locator(".js-plotly-plot .scatterlayer .trace")).to_have_count(1)
+    shot(page, "plotly")
 
 
 def test_tqdm_progress_bar_renders_and_completes(page: Any) -> None:

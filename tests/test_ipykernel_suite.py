@@ -28,8 +28,6 @@ EXCEPTIONS = {
     # the sandbox, by design
     "test_kernel.py::test_save_history": "writes `%hist -f` into the host's /tmp and reads it from the test "
     "process: the worker's /tmp is private (another notebook's files live in the host's)",
-    # not built yet (issue 17 is open for it)
-    "test_message_spec.py::test_subshell": "subshells (JEP 91) are refused",
 }
 
 SUITE_FILES = ("tests/test_message_spec.py", "tests/test_kernel.py")

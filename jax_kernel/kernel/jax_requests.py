@@ -23,6 +23,7 @@ from ..supervision.manager import WorkerDied, WorkerError
 from .outputs import Origin, OutputPublisher
 from .replies import MalformedReply
 from .replies import require as _require
+from .subshells import on_loop
 
 
 class JaxRequests:
@@ -72,7 +73,8 @@ class JaxRequests:
         else:
             fields[wire.PARENT_FIELD] = origin.for_worker()
             try:
-                reply = await self._serve_jax(kind, fields, origin)
+                # From a subshell's thread too: the worker's wire belongs to the shell's loop.
+                reply = await on_loop(self._serve_jax(kind, fields, origin), self.manager.loop)
             except Exception as e:  # noqa: BLE001 - a request must always get a reply, or the client hangs
                 self.log.exception("Failed to serve %s_request", kind)
                 reply = _jax_error("KernelError", f"the kernel failed to serve {kind}_request: {e!r}")

@@ -8,14 +8,15 @@ and what the worker sends back is published under the request it answers (``outp
 dead worker becomes an error on the cell.  The parts: ``outputs`` (IOPub), ``stdin``
 (input_request), ``debug_relay`` (debug_request), ``jax_requests`` (the jax_* messages),
 ``selftest_relay`` (``%sandbox --selftest``), ``usage`` (usage_request), ``replies`` (what the
-untrusted worker's answers may contain).
+untrusted worker's answers may contain), ``execute`` (a cell), ``subshells`` (JEP 91: a subshell's
+requests run in the worker beside the main shell's cell).
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import sys
+import threading
 import typing as t
 from importlib import metadata
 
@@ -29,10 +30,12 @@ from ..protocol.budget import DEFAULT_OUTPUT_LIMIT
 from ..supervision.manager import WorkerDied, WorkerError, WorkerManager
 from . import replies, usage
 from .debug_relay import DebuggerRelay
+from .execute import CellRunner
 from .jax_requests import JaxRequests
 from .outputs import Origin, OutputPublisher
 from .selftest_relay import SelfTestRunner
 from .stdin import InputRelay
+from .subshells import SubshellRelay, on_loop, subshell_of
 
 #: What IPython's kernel says about its language: cells are IPython (magics, ``!``), as in the worker.
 LANGUAGE_INFO: dict[str, object] = {
@@ -125,8 +128,7 @@ class JaxKernel(Kernel):
 
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
-        self._execution_count = 1
-        self._jax_loaded_version: str | None = None
+        self.cells = CellRunner(self)
         manager = self.manager
         manager.stream_limit = self.output_limit
         sanitize = manager.sandbox.active_outputs_mode == "sanitize"
@@ -154,6 +156,8 @@ class JaxKernel(Kernel):
         self._usage_probe = usage.UsageProbe()
         for msg_type in wire.COMM_MSG_TYPES:
             self.shell_handlers[msg_type] = self._forward_comm
+        self.subshells = SubshellRelay(self, manager, lambda: self.io_loop.asyncio_loop, self.log)
+        self.subshells.register(self.control_handlers)
         atexit.register(manager.kill_now)
         self.jax.register(self.shell_handlers)  # jax_load_request -> jax_load_reply, ...
 
@@ -178,7 +182,7 @@ class JaxKernel(Kernel):
     # protocol surface ---------------------------------------------------------------
     @property
     def execution_count(self) -> int:  # type: ignore[override]
-        return self._execution_count
+        return self.cells.execution_count
 
     @execution_count.setter
     def execution_count(self, value: int) -> None:
@@ -187,8 +191,8 @@ class JaxKernel(Kernel):
     @property
     def banner(self) -> str:  # type: ignore[override]
         py = sys.version.split()[0]
-        if self._jax_loaded_version:
-            jax = f"JAX {self._jax_loaded_version} (loaded)"
+        if self.cells.jax_loaded_version:
+            jax = f"JAX {self.cells.jax_loaded_version} (loaded)"
         else:
             jax = f"JAX {_installed_jax_version() or 'not installed'} (not imported yet)"
         return (
@@ -199,8 +203,11 @@ class JaxKernel(Kernel):
 
     @property
     def kernel_info(self) -> dict[str, t.Any]:
-        # The debugger offered is the worker's (debug_relay.py); subshells are not offered yet.
+        # The debugger offered is the worker's (debug_relay.py), and so are the subshells' threads.
         debugger = self.debugger_relay.debugger_unavailable() is None
+        features = ["debugger"] if debugger else []
+        if self.subshells.supported:
+            features.append("kernel subshells")
         return {
             "protocol_version": kernel_protocol_version,
             "implementation": self.implementation,
@@ -208,7 +215,7 @@ class JaxKernel(Kernel):
             "language_info": self.language_info,
             "banner": self.banner,
             "help_links": self.help_links,
-            "supported_features": ["debugger"] if debugger else [],
+            "supported_features": features,
             "debugger": debugger,
             "sandbox": self.manager.sandbox.info(),
             "output_limit": self.output_limit,  # what one cell may send (the self-test checks it)
@@ -224,16 +231,6 @@ class JaxKernel(Kernel):
         self.selftest.interrupt()
         self.manager.interrupt()
 
-    async def create_subshell_request(self, socket: t.Any, ident: t.Any, parent: t.Any) -> None:
-        """Subshells are not offered: the worker runs one cell at a time."""
-        content = {
-            "status": "error",
-            "ename": "NotImplementedError",
-            "evalue": "jax-kernel does not support subshells",
-            "traceback": [],
-        }
-        self._reply(socket, "create_subshell_reply", content, parent, ident)
-
     async def usage_request(self, stream: t.Any, ident: t.Any, parent: t.Any) -> None:
         """The worker's CPU and memory (the user's memory lives there, not here) and its devices'."""
         content = await usage.usage_reply(self.manager, self._usage_probe, self.usage_timeout, self.log)
@@ -244,12 +241,18 @@ class JaxKernel(Kernel):
 
     # comms (widgets, progress bars) --------------------------------------------------------
     async def _forward_comm(self, stream: t.Any, ident: t.Any, parent: dict[str, t.Any]) -> None:
-        """A comm message from the frontend: the comm lives in the worker, so its handlers run there."""
+        """A comm message from the frontend: the comm lives in the worker, so its handlers run there
+        (in the worker's thread for the message's subshell, or for the one the comm last spoke from)."""
+        await on_loop(self._forward_comm_here(ident, parent), self.io_loop.asyncio_loop)
+
+    async def _forward_comm_here(self, ident: t.Any, parent: dict[str, t.Any]) -> None:
         msg_type, content = parent["header"]["msg_type"], parent.get("content") or {}
         if not isinstance(content.get("comm_id"), str):
             self.log.warning("Ignoring a %s without a comm_id", msg_type)
             return
-        origin = self.outputs.begin(self._origin(parent, ident))
+        origin = self._origin(parent, ident)
+        if subshell_of(parent) is None:
+            self.outputs.begin(origin)
         self.outputs.track_comm(msg_type, content)
         buffers = wire.encode_buffers(parent.get("buffers"))
         request = {
@@ -289,93 +292,25 @@ class JaxKernel(Kernel):
         cell_meta: t.Any = None,
         cell_id: t.Any = None,
     ) -> dict[str, t.Any]:
-        shell_loop = self.io_loop.asyncio_loop
-        if asyncio.get_running_loop() is not shell_loop:
+        if threading.current_thread() is self.control_thread:
             # An execute_request on the control channel (ipykernel runs those too): served on the
             # shell's loop, which owns the worker's requests, under the control message.
-            control = Origin(self.get_parent("control"), self._control_parent_ident)
-            cell = self._execute(control, code, silent, store_history, user_expressions, allow_stdin)
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(cell, shell_loop))
-        return await self._execute(self._origin(), code, silent, store_history, user_expressions, allow_stdin)
-
-    async def _execute(
-        self,
-        origin: Origin,
-        code: str,
-        silent: bool,
-        store_history: bool,
-        user_expressions: dict[str, t.Any] | None,
-        allow_stdin: bool,
-    ) -> dict[str, t.Any]:
-        origin = self.outputs.begin(origin)
-        death = None if silent else self.manager.take_death_report()
-        if death is not None:
-            return self._error_reply(death, origin, ran=False)
-        # If the worker dies mid-cell, its replacement continues the numbering after this cell.
-        cell_count = self._execution_count  # what execute_input said: the reply says the same
-        self.manager.execution_count = self._execution_count + (1 if store_history and not silent else 0)
-        request = {
-            "code": code,
-            "silent": silent,
-            "store_history": store_history,
-            "user_expressions": user_expressions or {},
-            "allow_stdin": allow_stdin,
-            "output_limit": self.output_limit,
-            "compile_notice_after": self.compile_notice_after,
-            "array_view": self.array_view,
-            wire.PARENT_FIELD: origin.for_worker(),
-        }
-        try:
-            content = await self.manager.request("execute", request, origin=origin)
-            reply, next_count = replies.execute_reply(content)
-            jax_version = content.get("jax_version")
-            self._jax_loaded_version = jax_version if isinstance(jax_version, str) else None
-            self._execution_count = self.manager.execution_count = next_count
-            if reply["status"] == "ok" and isinstance(content.get("jax_restart"), dict):
-                reply = await self.jax.replace_for_cell(content["jax_restart"], reply, origin)
-            if any(p.get("source") == "ask_exit" and not p.get("keepkernel") for p in reply["payload"]):
-                # exit() / quit(): the kernel ends, as ipykernel's does 0.1 s after the reply, and
-                # the frontend's restarter (JupyterLab, VS Code) starts a fresh one.
-                self.io_loop.call_later(0.1, self.io_loop.stop)
-        except WorkerError as e:
-            self._execution_count = self.manager.execution_count
-            return self._error_reply(e, origin, ran=True, count=cell_count)
-        except Exception as e:  # noqa: BLE001 - the frontend must get a reply, whatever went wrong
-            self.log.exception("Internal error while running a cell")
-            error = WorkerError(f"internal error in the kernel ({type(e).__name__}: {e})")
-            return self._error_reply(error, origin, ran=True, count=cell_count)
-        finally:
-            self.stdin.cancel()
-            self._finish_stream_budget(origin)
-        return reply
-
-    def _finish_stream_budget(self, origin: Origin) -> None:
-        worker = self.manager.worker
-        notice = worker.stream_budget.take_notice() if worker is not None else None
-        if notice:
-            self.outputs.publish("stream", {"name": "stderr", "text": notice}, origin)
-
-    def _error_reply(
-        self, error: WorkerError, origin: Origin, ran: bool, count: int | None = None
-    ) -> dict[str, t.Any]:
-        """End the cell with an error that says what happened to the worker and to the variables;
-        ``count``: the cell's own number (its execute_input's), when it ran and the next cell's moved on."""
-        content = replies.worker_error(error, ran)
-        self.outputs.publish("error", content, origin)
-        return {
-            "status": "error",
-            "execution_count": self._execution_count if count is None else count,
-            "user_expressions": {},
-            "payload": [],
-            **content,
-        }
+            origin = Origin(self.get_parent("control"), self._control_parent_ident)
+        else:  # the main shell's, or a subshell's (its thread's parent)
+            origin = self._origin()
+        cell = self.cells.run(origin, code, silent, store_history, user_expressions, allow_stdin)
+        return await on_loop(cell, self.io_loop.asyncio_loop)
 
     # introspection ------------------------------------------------------------------------
     async def _ask(self, kind: str, content: dict[str, t.Any]) -> dict[str, t.Any] | None:
         """A question that runs no user code (completion, history, ...): whatever the worker prints
         meanwhile is tagged with the last cell's request, and goes there."""
+        subshell = subshell_of(self.get_parent("shell"))
+        if subshell is not None:  # answered by that subshell's thread, beside a running cell
+            content = {**content, "subshell_id": subshell}
+        request = self.manager.request(kind, content, timeout=self.manager.request_timeout)
         try:
-            return await self.manager.request(kind, content, timeout=self.manager.request_timeout)
+            return await on_loop(request, self.io_loop.asyncio_loop)
         except (TimeoutError, WorkerError) as e:
             self.log.warning("Worker could not answer %s: %s", kind, e or "timed out")
             return None

@@ -44,6 +44,7 @@ KERNEL_REQUESTS: dict[str, _Spec] = {
     "setup": {"config": dict, "env": dict},  # a set member: its config and environment, answered by "ready"
     "selftest_done": {},  # the self-test the worker asked for ended: its exit status
     "reap": {},  # pids the kernel killed after a cell hit the task limit: wait for them (no zombies)
+    "subshell": {"action": str, "subshell_id": str},  # JEP 91: start ("create") or stop its thread
     **{kind: {} for kind in JAX_REQUESTS},
 }
 
@@ -95,14 +96,23 @@ KERNEL_OPTIONAL_FIELDS: dict[str, _Spec] = {
 for _kind in USER_CODE_REQUESTS:
     KERNEL_OPTIONAL_FIELDS.setdefault(_kind, {})[PARENT_FIELD] = dict
 
+#: Questions a subshell may ask beside a running cell: ``subshell_id`` names the worker thread that
+#: answers them (user-code requests name theirs in the parent's header).
+SUBSHELL_QUESTIONS = frozenset({"complete", "inspect", "is_complete", "history", "comm_info"})
+for _kind in SUBSHELL_QUESTIONS:
+    KERNEL_OPTIONAL_FIELDS.setdefault(_kind, {})["subshell_id"] = str
+
+#: What a ``subshell`` request may ask.
+SUBSHELL_ACTIONS = frozenset({"create", "delete"})
+
 #: Requests the worker answers on a thread of their own, even while a cell runs.
-CONCURRENT_REQUESTS = frozenset({"usage"})
+CONCURRENT_REQUESTS = frozenset({"usage", "subshell"})
 
 #: Requests whose reply is a ``reply`` message carrying their ``id``; a malformed one is answered
 #: with an error reply, so that the kernel's wait for it ends.  (The others are dropped.)
 ANSWERED_REQUESTS = frozenset(
     {"execute", "complete", "inspect", "is_complete", "history", "info", "comm", "comm_info"}
-    | {"shutdown", "reap", "usage"}
+    | {"shutdown", "reap", "usage", "subshell"}
     | JAX_REQUESTS
 )
 

@@ -16,7 +16,7 @@ from .dap import check_dap
 from .framing import WireError
 
 #: Bumped whenever a message changes shape; both sides refuse a mismatch.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 _MIME = dict  # a MIME bundle: {mimetype: str | JSON}
 

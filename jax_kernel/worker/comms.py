@@ -8,6 +8,7 @@ on IOPub. Binary buffers travel base64-encoded: the wire is JSON only.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +19,41 @@ from ..protocol import wire
 from ..protocol.wire import COMM_MSG_TYPES
 from .jsonable import jsonable
 
+#: Request ids a comm remembers the sending subshell of, until their replies come.
+MAX_PENDING_REPLIES = 256
+
+
+def _request_id(data: Any) -> str | None:
+    """The id a widget protocol puts in a request (``{"content": {"id": ...}}``) and its reply."""
+    content = data.get("content") if isinstance(data, dict) else None
+    request = content.get("id") if isinstance(content, dict) else None
+    return request if isinstance(request, str) else None
+
 
 class WorkerComm(BaseComm):
-    """A comm whose messages go over the kernel <-> worker wire."""
+    """A comm whose messages go over the kernel <-> worker wire.
+
+    Like ipykernel's comm, it remembers which subshell sent each message (and each request id), so
+    that the frontend's reply is served by the shell that waits for it (:func:`reply_route`)."""
 
     send_wire: Callable[[dict[str, Any]], None] | None = None  # set by install()
+    sender_subshell: Callable[[], str | None] = staticmethod(lambda: None)  # set by install()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._reply_lock = threading.Lock()
+        self._reply_subshells: dict[str, str | None] = {}
+        self._reply_subshell: str | None = None
+        super().__init__(*args, **kwargs)
+
+    def _reply_subshell_for(self, data: Any, default: str | None) -> str | None:
+        """The subshell a frontend message on this comm is for (ipykernel's name and rule)."""
+        request = _request_id(data)
+        with self._reply_lock:
+            if request is not None and request in self._reply_subshells:
+                return self._reply_subshells.pop(request)
+            return self._reply_subshell if self._spoken else default
+
+    _spoken = False
 
     def publish_msg(
         self,
@@ -34,6 +65,13 @@ class WorkerComm(BaseComm):
     ) -> None:
         if self.send_wire is None:
             return
+        subshell, request = self.sender_subshell(), _request_id(data)
+        with self._reply_lock:
+            self._reply_subshell, self._spoken = subshell, True
+            if request is not None:
+                self._reply_subshells[request] = subshell
+                while len(self._reply_subshells) > MAX_PENDING_REPLIES:
+                    self._reply_subshells.pop(next(iter(self._reply_subshells)))
         content = jsonable({"data": data or {}, "comm_id": self.comm_id, **keys})
         self.send_wire(
             {
@@ -75,9 +113,25 @@ class WorkerCommManager(CommManager):
 _manager = WorkerCommManager()
 
 
-def install(send: Callable[[dict[str, Any]], None]) -> WorkerCommManager:
-    """Make ``comm.create_comm`` and ``comm.get_comm_manager`` use the wire (as ipykernel does)."""
+def reply_route(content: dict[str, Any], subshell: str | None, known: list[str]) -> str | None:
+    """The subshell whose thread serves a frontend comm message: the one the comm's request (or
+    last message) came from, if it still exists, else the one the message names."""
+    comm_id = content.get("comm_id")
+    target = _manager.comms.get(comm_id) if isinstance(comm_id, str) else None
+    route = getattr(target, "_reply_subshell_for", None)
+    if route is None:
+        return subshell
+    chosen = route(content.get("data"), subshell)
+    return chosen if chosen is None or chosen in known or chosen == subshell else subshell
+
+
+def install(
+    send: Callable[[dict[str, Any]], None], sender_subshell: Callable[[], str | None]
+) -> WorkerCommManager:
+    """Make ``comm.create_comm`` and ``comm.get_comm_manager`` use the wire (as ipykernel does);
+    ``sender_subshell``: the subshell of the request the calling thread serves (None: main)."""
     WorkerComm.send_wire = staticmethod(send)  # type: ignore[assignment]
+    WorkerComm.sender_subshell = staticmethod(sender_subshell)  # type: ignore[method-assign]
     comm.create_comm = WorkerComm  # type: ignore[assignment]
     comm.get_comm_manager = lambda: _manager  # type: ignore[assignment]
     return _manager

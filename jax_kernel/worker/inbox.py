@@ -17,7 +17,48 @@ from ..protocol import wire
 from .threads import service_thread
 
 
-class Inbox:
+class Mailbox:
+    """Requests waiting, in order, for the one thread that serves them (the main shell's, or a
+    subshell's); ``waker`` lets that thread run its asyncio loop while it waits."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._closed = False
+        self.waker: Callable[[], None] | None = None  # called (on the putting thread) after each put
+
+    def put(self, msg: dict[str, Any]) -> None:
+        """Queue ``msg`` for the serving thread."""
+        self._queue.put(msg)
+        self._wake()
+
+    def close(self) -> None:
+        """No more requests: the serving thread's next :meth:`get` raises EOFError."""
+        self._queue.put(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waker = self.waker
+        if waker is not None:
+            try:
+                waker()
+            except RuntimeError:
+                pass  # the loop it would wake is closed: the worker is ending
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next request; None on timeout; EOFError once closed."""
+        if self._closed:
+            raise EOFError("connection closed")
+        try:
+            msg = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if msg is None:
+            self._closed = True
+            raise EOFError("connection closed")
+        return msg
+
+
+class Inbox(Mailbox):
     """Reads every frame from the kernel; :meth:`get` returns the ones for the main thread."""
 
     def __init__(
@@ -33,13 +74,11 @@ class Inbox:
         ``idle_timeout`` seconds (a set member, whose kernel sends heartbeats): it must not wait
         for the main thread, which may be stuck in XLA.
         """
+        super().__init__()
         self._conn = conn
         self._routes = routes
         self._on_close = on_close
         self._idle_timeout = idle_timeout
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._closed = False
-        self.waker: Callable[[], None] | None = None  # called (on this thread) after each queued frame
         service_thread(self._read, "jax-kernel-wire-reader")
 
     def _read(self) -> None:
@@ -54,8 +93,7 @@ class Inbox:
             except (EOFError, OSError):
                 msg = None
             if msg is None:  # closed, untrusted, or silent for idle_timeout: the kernel is gone
-                self._queue.put(None)
-                self._wake()
+                self.close()
                 if self._on_close is not None:
                     self._on_close()
                 return
@@ -64,29 +102,3 @@ class Inbox:
                 route(msg)
             else:
                 self.put(msg)
-
-    def put(self, msg: dict[str, Any]) -> None:
-        """Queue ``msg`` for the main thread (a route that decides not to serve it itself)."""
-        self._queue.put(msg)
-        self._wake()
-
-    def _wake(self) -> None:
-        waker = self.waker
-        if waker is not None:
-            try:
-                waker()
-            except RuntimeError:
-                pass  # the loop it would wake is closed: the worker is ending
-
-    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """The next request for the main thread; None on timeout; EOFError once the kernel is gone."""
-        if self._closed:
-            raise EOFError("connection closed")
-        try:
-            msg = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if msg is None:
-            self._closed = True
-            raise EOFError("connection closed")
-        return msg

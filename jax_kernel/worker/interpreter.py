@@ -23,6 +23,7 @@ from IPython.utils.tokenutil import token_at_cursor
 
 from ..protocol.budget import OutputBudget
 from . import jax_ops, jaxdisplay
+from .lanes import Lanes
 from .streams import FdCapture
 
 EXPERIMENTAL_TYPES_KEY = "_jupyter_types_experimental"
@@ -65,7 +66,10 @@ class InterruptGate:
 
     @contextmanager
     def user_code(self) -> Iterator[None]:
-        if self.interruptible:  # nested: a comm served while an async cell awaits
+        if self.interruptible or threading.current_thread() is not threading.main_thread():
+            # Nested (a comm served while an async cell awaits), or a subshell's thread, which
+            # SIGINT never reaches: opening the gate there would let an interrupt raise in the
+            # main thread outside its user code.
             yield
             return
         self.pending = False
@@ -96,18 +100,22 @@ class Interpreter:
         self.compile_notice = compile_notice
         self.gate = gate
         self._emit = emit
-        self.allow_stdin = False  # the running cell's frontend can answer input_request
-        self.awaiting_cell = False  # an async cell runs: comms are served on its loop meanwhile
+        self.allow_stdin = False  # the main shell's running cell's frontend can answer input_request
+        self.lanes: Lanes | None = None  # the shells (main, subshells): set by the server
         shell.loop_runner = self._await_cell  # IPython calls it for cells with top-level await
 
     def _await_cell(self, coro: Any) -> Any:
-        """Run an async cell's coroutine on IPython's loop, as its own asyncio runner does, marking
-        the time it awaits (the server then serves comms on that loop)."""
-        self.awaiting_cell = True
-        try:
+        """Run an async cell's coroutine on its shell's loop (IPython's for the main shell), as
+        IPython's own asyncio runner does, marking the time it awaits (the server then serves that
+        shell's comms on that loop)."""
+        lane = self.lanes.current() if self.lanes is not None else None
+        if lane is None:
             return get_asyncio_loop().run_until_complete(coro)
+        lane.awaiting = True
+        try:
+            return lane.loop.run_until_complete(coro)
         finally:
-            self.awaiting_cell = False
+            lane.awaiting = False
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         return {
@@ -128,10 +136,14 @@ class Interpreter:
     # user code ---------------------------------------------------------------
     def do_execute(self, msg: dict[str, Any]) -> dict[str, Any]:
         shell = self.shell
-        self.budget.reset(int(msg.get("output_limit", self.budget.limit)))
-        self.allow_stdin = bool(msg.get("allow_stdin", False))
+        main = threading.current_thread() is threading.main_thread()
+        if main or not self.gate.interruptible:
+            # The output budget is per cell; a subshell's cell beside a running one shares it.
+            self.budget.reset(int(msg.get("output_limit", self.budget.limit)))
+        if main:
+            self.allow_stdin = bool(msg.get("allow_stdin", False))
         jaxdisplay.VIEW.kernel_default = bool(msg.get("array_view", True))
-        err, success, restart = self._run_cell(msg)
+        err, success, restart = self._run_cell(msg, main)
         self.fd_capture.drain()
         notice = self.budget.take_notice()
         if notice:
@@ -160,13 +172,14 @@ class Interpreter:
             reply["output_mode"], jax_ops.STATE.output_mode = jax_ops.STATE.output_mode, None
         return reply
 
-    def _run_cell(self, msg: dict[str, Any]) -> tuple[BaseException | None, bool, Any]:
+    def _run_cell(self, msg: dict[str, Any], main: bool) -> tuple[BaseException | None, bool, Any]:
         """Run the cell: (its error, whether it succeeded, a request to restart with new JAX settings)."""
         shell = self.shell
-        self.compile_notice.cell_started(float(msg.get("compile_notice_after", 2.0)))
-        debugger = sys.modules.get("jax_kernel.worker.debugger")  # loaded by the first debug request
-        if debugger is not None:
-            debugger.sync_tracing()
+        if main:  # the compile notice and the debugger's tracing follow the main shell's cell
+            self.compile_notice.cell_started(float(msg.get("compile_notice_after", 2.0)))
+            debugger = sys.modules.get("jax_kernel.worker.debugger")  # loaded by the first debug request
+            if debugger is not None:
+                debugger.sync_tracing()
         try:
             with self.gate.user_code():
                 res = shell.run_cell(
@@ -185,7 +198,8 @@ class Interpreter:
             shell.showtraceback()
             return e, False, None
         finally:
-            self.compile_notice.cell_finished()
+            if main:
+                self.compile_notice.cell_finished()
         return err, success, restart
 
     def do_jax(self, msg: dict[str, Any]) -> dict[str, Any]:

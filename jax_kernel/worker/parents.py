@@ -44,8 +44,9 @@ class Parents:
         self._lock = threading.Lock()
         self.control = _NONE
 
-    def begin(self, request: dict[str, Any]) -> None:
-        """A user-code request arrives: its parent becomes the global one and the serving thread's."""
+    def begin(self, request: dict[str, Any], main: bool = True) -> None:
+        """A user-code request arrives: its parent becomes the serving thread's, and the global one
+        if the main shell serves it (a subshell's cell must not take the main cell's threads' output)."""
         field = request.get("parent")
         if not isinstance(field, dict):
             field = {}
@@ -66,7 +67,8 @@ class Parents:
             self._by_msg_id[message["msg_id"]] = parent
             while len(self._by_msg_id) > wire.REMEMBERED_REQUESTS:  # set_parent(p) of an earlier one
                 self._by_msg_id.popitem(last=False)
-        self._global = parent
+        if main:
+            self._global = parent
         self._thread.set(parent)
 
     def global_parent(self) -> Parent:

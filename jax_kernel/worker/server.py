@@ -5,8 +5,9 @@ Anywhere else (waiting for a request, sending a reply, waiting for an ``input_re
 recorded and acted on at a safe point, so an interrupt can never tear a frame or lose a reply.
 
 A reader thread takes every frame off the wire.  Requests the kernel needs answered while a
-cell runs (``wire.CONCURRENT_REQUESTS``: resource usage) go to a thread of their own; the
-rest queue, in order, for the main thread, which runs user code (:mod:`.interpreter`).  Every
+cell runs (``wire.CONCURRENT_REQUESTS``: resource usage, subshells made and deleted) go to a
+thread of their own; the rest queue, in order, for the shell they are for (:mod:`.lanes`): the
+main thread, or a subshell's thread, each running user code (:mod:`.interpreter`).  Every
 output sent while a request is served carries that request's id (``wire.REQUEST_FIELD``), so
 the kernel publishes it under the frontend message the request was made for.
 """
@@ -38,6 +39,7 @@ from .affinity import pin_cpus
 from .inbox import Inbox
 from .interpreter import Interpreter, InterruptGate
 from .jsonable import jsonable
+from .lanes import Lane, Lanes, next_request
 from .parents import Parents
 from .shell import WorkerShell
 from .streams import FdCapture, OutStream
@@ -60,7 +62,7 @@ class WorkerServer:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         self.fd_capture = FdCapture({1: self.stdout, 2: self.stderr})
         self.shell = self._make_shell(config)
-        self.comm_manager = comms.install(self.emit)
+        self.comm_manager = comms.install(self.emit, self._sender_subshell)
         self.kernel = kernelface.install(
             self.parents, self.emit, self._write_stream, self.shell, self.comm_manager
         )
@@ -83,14 +85,16 @@ class WorkerServer:
         self.kernel.raw_input, self.kernel.getpass = self.raw_input, self.getpass
 
         self.concurrent: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.concurrent_handlers = {"usage": lambda msg: memory.device_memory()}
+        self.concurrent_handlers = {"usage": lambda msg: memory.device_memory(), "subshell": self.do_subshell}
         self.running = True
         self.gate.install()
         self.member: dict[str, Any] = dict(config.get("member") or {})
-        self.inbox = self._make_inbox()
-        self.handlers = {**self.interpreter.handlers(), "shutdown": self.do_shutdown}
         self.loop = get_asyncio_loop()  # IPython's, which runs async cells: one loop for both
         asyncio.set_event_loop(self.loop)
+        self.inbox = self._make_inbox()
+        self.lanes = Lanes(Lane(self.inbox, self.loop, None), self._serve_lane)
+        self.interpreter.lanes = self.lanes
+        self.handlers = {**self.interpreter.handlers(), "shutdown": self.do_shutdown}
         # As in ipykernel (IPKernelApp.init_path): cells import modules from the notebook folder.
         # Only now, with the worker's own modules imported; the kernel never imports from there.
         if "" not in sys.path:
@@ -118,6 +122,9 @@ class WorkerServer:
 
     def _make_inbox(self) -> Inbox:
         routes: dict[str, Any] = {"debug": self._on_debug_request, "comm": self._on_comm_request}
+        # A cell, a JAX request or a question may be for a subshell: its thread's queue, not main's.
+        routes.update(dict.fromkeys(wire.USER_CODE_REQUESTS - {"comm"}, self._route))
+        routes.update(dict.fromkeys(wire.SUBSHELL_QUESTIONS, self._route))
         routes.update(dict.fromkeys(wire.CONCURRENT_REQUESTS, self.concurrent.put))
         if not self.member:
             return Inbox(self.conn, routes)
@@ -170,6 +177,13 @@ class WorkerServer:
                 msg[wire.REQUEST_FIELD] = request
         self.conn.send(msg)
 
+    def _sender_subshell(self) -> str | None:
+        """The subshell of the frontend message this thread's output belongs to, as ipykernel's
+        comm reads it from ``get_parent()``: a comm message sent from there is answered there."""
+        header = self.parents.current().message.get("header") or {}
+        subshell = header.get("subshell_id") if isinstance(header, dict) else None
+        return subshell if isinstance(subshell, str) else None
+
     def _write_stream(self, name: str, text: str, request: int | None) -> None:
         """Stream text published through ``kernel.session`` (ipykernel's API) joins the stream."""
         (self.stdout if name == "stdout" else self.stderr).write_for(text, request)
@@ -180,27 +194,53 @@ class WorkerServer:
 
         debugger.session(self.conn.send, self.shell, cellnames.NAMES).submit(msg)
 
-    def _on_comm_request(self, msg: dict[str, Any]) -> None:
-        """On the wire reader's thread: a comm message waits for the main thread, unless an async
-        cell is awaiting; then it is served on that cell's loop at once, as ipykernel dispatches
-        comms concurrently with an awaiting cell (a widget reply the cell waits for)."""
-        if self.interpreter.awaiting_cell:
-            self.loop.call_soon_threadsafe(self._serve_comm_now, msg)
-        else:
-            self.inbox.put(msg)
+    def _lane_for(self, msg: dict[str, Any]) -> Lane:
+        """The shell a request is for: the ``subshell_id`` it names (a question's field, else its
+        parent's header); a frontend's comm message goes where that comm last spoke from, as in
+        ipykernel (a reply reaches the shell that waits for it)."""
+        subshell = msg.get("subshell_id")
+        if subshell is None:
+            header = (msg.get(wire.PARENT_FIELD) or {}).get("header") or {}
+            subshell = header.get("subshell_id")
+        chosen = subshell if isinstance(subshell, str) else None
+        if msg["type"] != "comm":
+            return self.lanes.of(chosen)
+        route = comms.reply_route(msg.get("content") or {}, chosen, self.lanes.ids())
+        lane = self.lanes.of(route)
+        if route != chosen and lane.serving and not lane.awaiting:
+            # That shell runs a (synchronous) cell, which would hold the message until it ends:
+            # the subshell the frontend sent it over serves it now (JupyterLab sends comms over a
+            # subshell so that a slider works during a training loop).  ipykernel 7.4 queues it
+            # behind the cell; an awaiting async cell still gets its replies on its own loop.
+            return self.lanes.of(chosen)
+        return lane
 
-    def _serve_comm_now(self, msg: dict[str, Any]) -> None:
-        if not self.interpreter.awaiting_cell:
-            self.inbox.put(msg)  # the cell ended first: serve it in order with the rest
+    def _route(self, msg: dict[str, Any]) -> None:
+        """On the wire reader's thread: queue a request for its shell's thread."""
+        self._lane_for(msg).mailbox.put(msg)
+
+    def _on_comm_request(self, msg: dict[str, Any]) -> None:
+        """On the wire reader's thread: a comm message waits for its shell's thread, unless an async
+        cell of that shell is awaiting; then it is served on that cell's loop at once, as ipykernel
+        dispatches comms concurrently with an awaiting cell (a widget reply the cell waits for)."""
+        lane = self._lane_for(msg)
+        if lane.awaiting:
+            lane.loop.call_soon_threadsafe(self._serve_comm_now, msg, lane)
+        else:
+            lane.mailbox.put(msg)
+
+    def _serve_comm_now(self, msg: dict[str, Any], lane: Lane) -> None:
+        if not lane.awaiting:
+            lane.mailbox.put(msg)  # the cell ended first: serve it in order with the rest
             return
         running = self.parents.global_parent()
         try:
-            contextvars.copy_context().run(self._serve_in_context, msg)
+            contextvars.copy_context().run(self._serve_in_context, msg, lane)
         finally:
             self.parents.restore_global(running)  # the cell's own output stays the cell's
 
-    def _serve_in_context(self, msg: dict[str, Any]) -> None:
-        self.parents.begin(msg)
+    def _serve_in_context(self, msg: dict[str, Any], lane: Lane) -> None:
+        self.parents.begin(msg, main=lane.subshell_id is None)
         self._answer(self.handlers["comm"], msg)
 
     def _heartbeat(self, interval: float) -> None:
@@ -227,9 +267,14 @@ class WorkerServer:
             }
         )
         threading.Thread(target=self._serve_concurrent, name="jax-kernel-usage", daemon=True).start()
+        self._serve_lane(self.lanes.main)
+
+    def _serve_lane(self, lane: Lane) -> None:
+        """Answer one shell's requests, in order, on this thread, until the worker stops."""
+        main = lane.subshell_id is None
         while self.running:
             try:
-                msg = self._next_request()
+                msg = next_request(lane)
             except EOFError:
                 break
             if msg is None:
@@ -238,38 +283,23 @@ class WorkerServer:
             if handler is None:
                 continue  # a stale input_reply after an interrupted input(), for one
             if msg["type"] in wire.USER_CODE_REQUESTS:
-                self.parents.begin(msg)
-            self._answer(handler, msg)
+                self.parents.begin(msg, main=main)
+            lane.serving = True
+            try:
+                self._answer(handler, msg)
+            finally:
+                lane.serving = False
 
-    def _next_request(self) -> dict[str, Any] | None:
-        """The next request; while none is there, the shell's asyncio loop runs.
-
-        As in ipykernel, whose cells share the kernel's running loop: a task a cell created
-        (``asyncio.get_event_loop().create_task(...)``) goes on between cells, printing to the
-        cell that made it (the task copied that cell's parent), and top-level ``await`` in a
-        cell runs on this same loop (IPython's)."""
-        msg = self.inbox.get(timeout=0)
-        if msg is not None:
-            return msg
-        loop = self.loop
-        if _loop_is_idle(loop):
-            # Nothing for the loop to do: wait on the queue itself.  Waking a loop costs a widget
-            # round trip about 0.8 ms (bench_frontends: 1.15 -> 1.25 x stock); a callback another
-            # thread schedules with call_soon_threadsafe waits for the next request meanwhile.
-            return self.inbox.get()
-        arrived = loop.create_future()
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(lambda: arrived.done() or arrived.set_result(None))
-
-        self.inbox.waker = wake
-        try:
-            msg = self.inbox.get(timeout=0)  # one may have come before the waker was set
-            if msg is None:
-                loop.run_until_complete(arrived)
-        finally:
-            self.inbox.waker = None
-        return msg if msg is not None else self.inbox.get(timeout=0)
+    def do_subshell(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Start or stop a subshell's thread (JEP 91), on the concurrent thread: a cell may run."""
+        action, subshell_id = msg["action"], msg["subshell_id"]
+        if action not in wire.SUBSHELL_ACTIONS:
+            raise ValueError(f"unknown subshell action {action!r}")
+        if action == "create":
+            self.lanes.of(subshell_id)
+        else:
+            self.lanes.delete(subshell_id)
+        return {"status": "ok", "subshells": self.lanes.ids()}
 
     def _answer(self, handler: Any, msg: dict[str, Any]) -> None:
         try:
@@ -292,6 +322,7 @@ class WorkerServer:
     def _ask_kernel(self, request: dict[str, Any], answer: str) -> dict[str, Any]:
         """Send ``request`` from the running cell and wait for the kernel's ``answer`` (input(),
         the self-test); output written so far goes first, and an interrupt ends the wait."""
+        _main_shell_only()
         self.stdout.flush_now()
         self.stderr.flush_now()
         self.gate.close()
@@ -314,6 +345,7 @@ class WorkerServer:
 
     # stdin ------------------------------------------------------------------
     def _input_request(self, prompt: str, password: bool) -> str:
+        _main_shell_only()
         if not self.interpreter.allow_stdin:
             raise StdinNotImplementedError(
                 "input was called, but this frontend does not support input requests."
@@ -337,12 +369,15 @@ class WorkerServer:
         return {"status": "ok"}
 
 
-def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
-    """No task, ready callback or timer on ``loop`` (asyncio's BaseEventLoop keeps the last two in
-    ``_ready`` and ``_scheduled``; a loop without them is treated as busy)."""
-    if asyncio.all_tasks(loop):
-        return False
-    return not getattr(loop, "_ready", True) and not getattr(loop, "_scheduled", True)
+def _main_shell_only() -> None:
+    """The kernel's answers (``input_reply``, the self-test's end) come on the main shell's queue,
+    and the frontend's stdin belongs to the main shell: a subshell's cell, which runs beside it,
+    cannot wait for one."""
+    if threading.current_thread() is not threading.main_thread():
+        raise StdinNotImplementedError(
+            "input() and %sandbox --selftest work in the main shell only, not in a subshell "
+            "(run that cell in the notebook)"
+        )
 
 
 def _as_in_ipykernel(shell: WorkerShell, history_file: str | None) -> None:
