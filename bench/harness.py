@@ -36,8 +36,8 @@ PY = "python3"
 
 # environment ------------------------------------------------------------------------------------
 def isolate_environment(prefix: str = "jax-kernel-tests-") -> str:
-    """Point IPython's history, Jupyter's data/runtime dirs and the caches into a new temporary
-    directory, before any kernel starts, and return it.
+    """Point IPython's history, Jupyter's data/runtime dirs, the caches and the packages cells
+    install into a new temporary directory, before any kernel starts, and return it.
 
     So a kernelspec installed by hand in ~/.local cannot shadow the one under test, a run starts
     from nothing (no compilation cache, no font cache) as CI does, and no user file is touched.
@@ -47,6 +47,7 @@ def isolate_environment(prefix: str = "jax-kernel-tests-") -> str:
     os.environ["JUPYTER_DATA_DIR"] = os.path.join(tmp, "data")
     os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(tmp, "runtime")
     os.environ["XDG_CACHE_HOME"] = os.path.join(tmp, "cache")
+    os.environ["XDG_DATA_HOME"] = os.path.join(tmp, "data-home")  # the packages %pip installs
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     return tmp

@@ -3,7 +3,8 @@
 The kernel's environment holds what no cell should see (its connection file, Jupyter's tokens,
 cloud credentials, a service's ``DATABASE_URL``), and the worker is started with an environment
 the kernel builds: the allowlist's variables of its own, the deployer's (``WorkerManager.worker_env``),
-never the deny list's, and the worker's private temp and cache dirs (:func:`build`); on top of
+never the deny list's, and the worker's private temp and cache dirs (:func:`build`; the spawner
+sets the notebook folder's cache, :mod:`.domains`); on top of
 that, its job's: JAX's settings, the allocator's, the compilation cache and the devices it leased
 (:func:`job_environment`; a standby worker gets that part when it takes up work).  The lists are
 the defaults of ``Sandbox.env_allow`` and ``Sandbox.env_deny``.
@@ -154,10 +155,14 @@ def worker_environment(
     # What every kernel's process has from jupyter_client (code takes it as "in a notebook"); here
     # the worker's parent, the kernel (the JPY_* of the server never pass: JPY_API_TOKEN, ...).
     clean["JPY_PARENT_PID"] = str(os.getpid())
-    # Tools' own caches go to the worker's temp dir: jedi and parso keep pickles there that
-    # the user's editor would load outside any sandbox, and ~/.cache is read-only anyway
-    # (jedi's completions fail when it cannot make its dir).  Matplotlib gets a config dir of
-    # this kernel's, seeded with the user's font cache (see statedir.matplotlib_cache).
+    # Tools' own caches never go to the user's real ~/.cache: jedi and parso keep pickles there
+    # that the user's editor loads outside any sandbox, and it is read-only anyway (jedi's
+    # completions fail when it cannot make its dir).  Here the worker's temp dir; with
+    # WorkerManager.user_cache (the default) the spawner points XDG_CACHE_HOME at the notebook
+    # folder's own cache instead (jax_kernel.policy.domains), which only that folder's workers
+    # read, and which the worker's mount namespace shows at ~/.cache over the real one.
+    # Matplotlib gets a config dir of this kernel's, seeded with the user's font cache (see
+    # statedir.matplotlib_cache).
     clean["XDG_CACHE_HOME"] = os.path.join(tmp, "cache")
     if mplconfigdir:
         clean["MPLCONFIGDIR"] = mplconfigdir

@@ -234,11 +234,16 @@ def runtime_paths() -> frozenset[str]:
 
 
 def kept_in_tmp(paths: Sequence[str], runtime: Iterable[str]) -> list[str]:
-    """What of the host's /tmp a worker with a private /tmp still needs, at the same paths:
-    ``paths`` (its writable folders and state dir) and whatever it runs or reads its config
-    from (``runtime``, :data:`sys.path`: an interpreter, a checkout or a home under /tmp); the
-    rest of /tmp is not there."""
-    tmp = os.path.realpath("/tmp")
+    """What of the host's /tmp a worker with a private /tmp still needs (:func:`kept_under`)."""
+    return kept_under("/tmp", paths, runtime)
+
+
+def kept_under(root: str, paths: Sequence[str], runtime: Iterable[str]) -> list[str]:
+    """What of the host's ``root`` (``/tmp``, ``~/.cache``) a worker still needs at the same paths
+    once ``root`` is covered by a folder of its own: ``paths`` (its writable folders and state dir)
+    and whatever it runs or reads its config from (``runtime``, :data:`sys.path`: an interpreter,
+    a checkout or a home there); the rest of ``root`` is not there."""
+    top = os.path.realpath(root)
     needed = {
         *runtime,
         *(p for p in sys.path if os.path.isabs(p)),
@@ -246,7 +251,7 @@ def kept_in_tmp(paths: Sequence[str], runtime: Iterable[str]) -> list[str]:
         *paths,
     }
     kept = {os.path.realpath(p) for p in needed if p}
-    return sorted(real for real in kept if real.startswith(tmp + "/") and os.path.exists(real))
+    return sorted(real for real in kept if real.startswith(top + "/") and os.path.exists(real))
 
 
 def fs_policy(

@@ -33,6 +33,7 @@ from ..host.netns import Egress
 from ..protocol.config import SandboxPolicy
 from . import describe, devices, environment, kernel_process, limits, paths, statedir
 from .devices import ACCELERATOR_FILE  # noqa: F401 - re-exported
+from .domains import UserDirs
 from .environment import DEFAULT_ENV_ALLOW, DEFAULT_ENV_DENY  # noqa: F401 - re-exported
 from .limits import WorkerSandbox, parse_size, total_memory  # noqa: F401 - re-exported
 from .network import WorkerNetwork
@@ -283,6 +284,7 @@ class Sandbox(LoggingConfigurable):
         extra_writable: Sequence[str] = (),
         shared_cache: tuple[str, str] | None = None,
         group: dict[str, Cgroup] | None = None,
+        user_dirs: UserDirs | None = None,
     ) -> WorkerSandbox:
         """Resolve the policy for one new worker (and make its cgroups, where we can).
 
@@ -292,6 +294,8 @@ class Sandbox(LoggingConfigurable):
         folder and, in its mount namespace, sees nothing else of the root, since a cache entry is
         code and data the next reader trusts (``_shared_cache`` in the worker's sandbox).
         ``group``: a set's parent cgroups (:meth:`prepare_group`), to make this worker's inside.
+        ``user_dirs``: the notebook folder's packages and cache folders (:mod:`.domains`), writable
+        like the compilation cache's, the cache bound over ``~/.cache``.
         """
         if not self.enabled:
             return WorkerSandbox({"profile": "off"})
@@ -302,7 +306,7 @@ class Sandbox(LoggingConfigurable):
         fs, writable = paths.worker_fs(
             cwd,
             state,
-            extra_writable,
+            [*extra_writable, *(user_dirs.folders if user_dirs else [])],
             shared_cache,
             self.writable_paths,
             hidden=self.hidden_paths,
@@ -327,6 +331,10 @@ class Sandbox(LoggingConfigurable):
             ),
         }
         self._network.apply(policy, state, self.network_allowed, self.egress, self.host_ports)
+        if user_dirs is not None:
+            home = user_dirs.home_cache
+            keep = paths.kept_under(home, [*writable, state], self._runtime_paths()) if home else []
+            fs["user_dirs"] = user_dirs.policy(keep)
         if self.private_tmp:
             keep = paths.kept_in_tmp([*writable, state], self._runtime_paths())
             fs["private_tmp"] = {"dir": os.path.join(state, "root-tmp"), "keep": keep}

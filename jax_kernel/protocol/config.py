@@ -35,6 +35,19 @@ class FsSharedCache(TypedDict):
     folder: str
 
 
+class FsUserDirs(TypedDict, total=False):
+    """The notebook folder's own folders that outlive the kernel (``jax_kernel.policy.domains``):
+    ``packages``, the prefix ``%pip`` installs into (on the worker's ``sys.path``); ``cache``, its
+    XDG cache, bound over ``home_cache`` (the real ``~/.cache``) with the paths in ``keep`` (what
+    of the real one the worker needs) bound back at their own paths.  Each root is narrowed to
+    its folder in the worker's mount namespace."""
+
+    packages: FsSharedCache
+    cache: FsSharedCache
+    home_cache: str
+    keep: list[str]
+
+
 class FsPolicy(TypedDict, total=False):
     """The ``fs`` part of a policy (:func:`jax_kernel.policy.paths.fs_policy`)."""
 
@@ -48,6 +61,7 @@ class FsPolicy(TypedDict, total=False):
     shared_cache: FsSharedCache
     resolv_conf: str  # the egress namespace's resolver, bound over /etc/resolv.conf
     private_tmp: FsPrivateTmp
+    user_dirs: FsUserDirs
 
 
 class ResourceLimits(TypedDict, total=False):

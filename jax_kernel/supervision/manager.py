@@ -26,6 +26,7 @@ from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, defau
 from traitlets.config import LoggingConfigurable
 
 from ..policy.accelerators import Accelerators, Lease, LeaseError
+from ..policy.domains import xdg_dir
 from ..policy.sandbox import Sandbox
 from ..protocol import jaxspec, wire
 from ..protocol.budget import DEFAULT_OUTPUT_LIMIT
@@ -113,8 +114,7 @@ class WorkerManager(LoggingConfigurable):
 
     @default("compilation_cache_dir")
     def _default_cache_dir(self) -> str:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return os.path.join(base, "jax-kernel", "compilation")
+        return xdg_dir("XDG_CACHE_HOME", ".cache", "jax-kernel", "compilation")
 
     compilation_cache_min_compile_secs = Float(
         0.0,
@@ -127,6 +127,39 @@ class WorkerManager(LoggingConfigurable):
         2 * 1024**3,
         help="Size the compilation cache is trimmed to (least recently used first); -1: no limit.",
     ).tag(config=True)
+
+    user_packages = Bool(
+        True,
+        help="%pip install (and !pip install) in a cell installs into a folder of this notebook "
+        "folder's own, on the worker's sys.path ahead of site-packages and kept across kernels (see "
+        "user_packages_dir). False: %pip installs into the environment, which the sandbox keeps read-only.",
+    ).tag(config=True)
+
+    user_packages_dir = Unicode(
+        help="Where the packages cells install live: one folder per notebook folder, sandbox profile "
+        "and Python environment, written only by that folder's workers and never imported by the "
+        "kernel (default: $XDG_DATA_HOME/jax-kernel/packages, i.e. ~/.local/share/jax-kernel/packages)."
+    ).tag(config=True)
+
+    @default("user_packages_dir")
+    def _default_packages_dir(self) -> str:
+        return xdg_dir("XDG_DATA_HOME", os.path.join(".local", "share"), "jax-kernel", "packages")
+
+    user_cache = Bool(
+        True,
+        help="Give workers a cache that outlives the kernel, one per notebook folder and profile "
+        "(XDG_CACHE_HOME, and ~/.cache in the worker's view): pip's, datasets' and models' downloads "
+        "are kept. False: a temp dir per kernel, as before.",
+    ).tag(config=True)
+
+    user_cache_dir = Unicode(
+        help="Where the workers' caches live, one folder per notebook folder and profile "
+        "(default: $XDG_CACHE_HOME/jax-kernel/workers, i.e. ~/.cache/jax-kernel/workers)."
+    ).tag(config=True)
+
+    @default("user_cache_dir")
+    def _default_user_cache_dir(self) -> str:
+        return xdg_dir("XDG_CACHE_HOME", ".cache", "jax-kernel", "workers")
 
     sandbox = Instance(Sandbox, help="The isolation policy applied to every worker.")
 

@@ -4,17 +4,19 @@ A worker's job is its config (execution count, output limit, lease, JAX settings
 environment JAX reads (:func:`jax_kernel.policy.environment.job_environment`); a fresh process
 gets its whole environment built on top (:func:`jax_kernel.policy.environment.build`), a standby
 gets the job's part when it takes up work.  Each process gets a sandbox of its own, with the
-compilation cache folder of this notebook's trust domain.
+folders of this notebook's trust domain (:mod:`jax_kernel.policy.domains`): its compilation cache,
+its packages and its cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..policy import environment
+from ..policy.domains import UserDirs, check_outside_runtime, trust_domain, user_dirs
+from ..policy.paths import runtime_paths
 from .handle import WorkerHandle
 from .leases import DeviceLeases
 from .local import Spawned, WorkerProcess, spawn
@@ -38,6 +40,7 @@ class WorkerSpawner:
         self.settings = settings  # read when a worker starts: the kernel sets some after init
         self.leases = leases
         self._callbacks = {"on_message": on_message, "on_problem": on_problem, "on_exit": on_exit}
+        self._packages_refused: str | None = None  # why user_packages_dir can't be used, once known
 
     def job(self, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """What a worker is told when it takes up work: its config and the environment JAX reads."""
@@ -74,21 +77,45 @@ class WorkerSpawner:
         (which can write each other's files anyway) share one, and restarts keep their hits; an
         ``off`` kernel never shares with a sandboxed one."""
         m = self.settings
-        domain = f"{m.sandbox.profile}\0{os.path.realpath(os.getcwd())}"
-        digest = hashlib.sha256(domain.encode()).hexdigest()[:20]
-        return os.path.join(m.compilation_cache_dir, f"{m.sandbox.profile}-{digest}")
+        return os.path.join(m.compilation_cache_dir, trust_domain(m.sandbox.profile))
+
+    def user_dirs(self) -> UserDirs | None:
+        """This notebook's packages and cache folders (``WorkerManager.user_packages*``,
+        ``user_cache*``) for a sandboxed worker; None under the ``off`` profile, whose worker
+        installs and caches where the stock kernel's would."""
+        m = self.settings
+        if not m.sandbox.enabled:
+            return None
+        packages = m.user_packages_dir if m.user_packages else None
+        if packages and self._packages_refused is None:
+            folder = os.path.join(packages, trust_domain(m.sandbox.profile, environment=True))
+            self._packages_refused = check_outside_runtime(folder, runtime_paths()) or ""
+            if self._packages_refused:
+                m.log.warning(
+                    "WorkerManager.user_packages_dir: %s; %%pip installs nothing", self._packages_refused
+                )
+        if self._packages_refused:
+            packages = None
+        cache = m.user_cache_dir if m.user_cache else None
+        return user_dirs(m.sandbox.profile, packages, cache, m.sandbox.writable_paths)
 
     def prepare_sandbox(self, group: dict[str, Any] | None = None) -> Any:
         """One worker's sandbox: the policy, its cgroups (inside a set's ``group``), and the
-        compilation cache it may write."""
+        folders of its domain it may write: the compilation cache's, its packages and its cache."""
         m = self.settings
         shared = (m.compilation_cache_dir, self.cache_folder()) if m.compilation_cache else None
-        return m.sandbox.prepare_worker(shared_cache=shared, group=group)
+        return m.sandbox.prepare_worker(shared_cache=shared, group=group, user_dirs=self.user_dirs())
 
     def environment(self, job: dict[str, str] | None) -> dict[str, str]:
-        """A worker process's environment (:func:`jax_kernel.policy.environment.build`)."""
+        """A worker process's environment (:func:`jax_kernel.policy.environment.build`), its
+        ``XDG_CACHE_HOME`` the notebook folder's cache (the worker points it at ``~/.cache``
+        once its mount namespace shows that folder there)."""
         m = self.settings
-        return environment.build(os.environ, m.worker_env, m.sandbox.worker_environment, job)
+        env = environment.build(os.environ, m.worker_env, m.sandbox.worker_environment, job)
+        dirs = self.user_dirs()
+        if dirs is not None and dirs.cache is not None:
+            env["XDG_CACHE_HOME"] = dirs.cache[1]
+        return env
 
     def launch(self, config: dict[str, Any], env: dict[str, str] | None) -> Spawned:
         """Start a worker process: with its job (``env`` given) or as a standby (``env`` None)."""

@@ -118,6 +118,7 @@ class ZMQInteractiveShell(ParentAPI, zmqshell.ZMQInteractiveShell):  # type: ign
         self.last_error: dict[str, Any] | None = None
         self.display_error = False  # the result's formatting raised during the running cell
         self._init_jax_entry_points()
+        self._init_sandbox_habits()
 
     def init_user_ns(self) -> None:
         """Every namespace, including one after %reset, has the JAX entry points' functions (hidden from %who)."""
@@ -143,6 +144,27 @@ class ZMQInteractiveShell(ParentAPI, zmqshell.ZMQInteractiveShell):  # type: ign
         # Our errors are one clear line, not a traceback into jax_kernel; a restart request
         # shows nothing here: the kernel reports it.
         self.set_custom_exc((jax_ops.JaxEntryError, jax_ops.JaxRestartRequired), _jax_exc_handler)
+
+    def _init_sandbox_habits(self) -> None:
+        """``%pip`` into the notebook folder's packages (on ``sys.path`` from now on: the worker's own
+        modules are imported), and a note on the first write the sandbox refuses."""
+        from . import pipmagic
+        from .refusals import Refusals
+
+        self.refusals = Refusals()
+        pipmagic.register(self)
+
+    def showtraceback(self, exc_tuple: Any = None, *args: Any, **kwargs: Any) -> None:
+        """IPython's, after the first write the sandbox refused gained its note (:mod:`.refusals`):
+        the error a cell shows is the one place a user looks for why a write failed."""
+        try:
+            error = self._get_exc_info(exc_tuple)[1]
+        except ValueError:
+            error = None
+        refusals = getattr(self, "refusals", None)
+        if refusals is not None:
+            refusals.annotate(error)
+        super().showtraceback(exc_tuple, *args, **kwargs)
 
     def enable_gui(self, gui: Any = None) -> None:
         # There is no GUI event loop in a headless worker; inline is the only backend.

@@ -53,6 +53,7 @@ from .namespaces import _namespaces
 from .network import _describe_ports as _describe_ports  # for tests/test_sandbox_net.py
 from .network import _port_spans as _port_spans
 from .seccomp import _apply_seccomp, seccomp_program
+from .user_dirs import _describe as _describe_user_dirs
 
 __all__ = [
     "DEVICE",
@@ -61,6 +62,7 @@ __all__ = [
     "LL_NET_BIND_TCP",
     "LL_NET_CONNECT_TCP",
     "NAMESPACE_FLAGS",
+    "PLACES",
     "READ",
     "REPORT",
     "SPECIAL_FILES",
@@ -74,6 +76,13 @@ __all__ = [
 
 #: What the last :func:`apply` did, for ``%sandbox`` and the ``ready`` message.
 REPORT: dict[str, Any] = {"profile": "off", "active": {}, "unavailable": {}}
+
+#: Where the last :func:`apply` lets the worker write, for the rest of the worker (``%pip``, the
+#: note on a refused write): ``writable`` (real paths), ``hidden``, ``state`` (the kernel's state
+#: dir), ``internal`` (writable folders the kernel hands out, not the user's), ``packages`` (the
+#: notebook folder's prefix for ``%pip``), ``home_cache`` (``~/.cache``, when the notebook
+#: folder's cache is there).  Empty under the ``off`` profile.
+PLACES: dict[str, Any] = {}
 
 
 def apply(requested: SandboxPolicy | None) -> dict[str, Any]:
@@ -108,12 +117,31 @@ def apply(requested: SandboxPolicy | None) -> dict[str, Any]:
         report.step("seccomp", _apply_seccomp, report, bool(policy.get("deny_unix_sockets")))
         for name, detail in policy.get("kernel_side", {}).items():
             report.active(name, detail)
+        _describe_user_dirs(policy, report)
+        PLACES.update(_places(policy))
     REPORT = report.data
     if profile == "strict" and report.data["unavailable"]:
         missing = "; ".join(f"{k}: {v}" for k, v in report.data["unavailable"].items())
         os.write(2, f"jax-kernel sandbox (strict profile): cannot apply {missing}\n".encode())
         os._exit(EXIT_STRICT)
     return report.data
+
+
+def _places(policy: dict[str, Any]) -> dict[str, Any]:
+    """:data:`PLACES` from the policy as applied (``tmp_done``, ``cache_done`` recorded by the steps)."""
+    fs = policy.get("fs", {})
+    dirs = fs.get("user_dirs") or {}
+    covered = [policy[key] for key in ("tmp_done", "cache_done") if policy.get(key)]
+    internal = [(fs.get("shared_cache") or {}).get("folder"), *fs.get("private_writable", [])]
+    internal += [(dirs.get(name) or {}).get("folder") for name in ("packages", "cache")]
+    return {
+        "writable": [os.path.realpath(p) for p in [*fs.get("writable", []), *covered]],
+        "hidden": [os.path.realpath(p) for p in fs.get("hidden", [])],
+        "state": os.path.dirname(fs.get("mask_file", "")) or None,
+        "internal": [os.path.realpath(p) for p in internal if p],
+        "packages": (dirs.get("packages") or {}).get("folder"),
+        "home_cache": policy.get("cache_done"),
+    }
 
 
 def register_magic(shell: Any, selftest: Callable[[], int] | None = None) -> None:

@@ -115,13 +115,16 @@ def _grant_devices(rs: _Ruleset, fs: dict[str, Any], masked: set[str]) -> None:
 def _grant_writable(
     rs: _Ruleset, policy: dict[str, Any], hidden: list[str], masked: set[str], private: set[str]
 ) -> list[str]:
-    """Write access to the writable paths (and the private /tmp); return the real paths granted.
+    """Write access to the writable paths (and the private /tmp, the cache over ~/.cache); return
+    the real paths granted.
 
     Only the ``private`` ones may get symlinks, FIFOs, sockets and device nodes."""
     fs = policy.get("fs", {})
     writable = []
     ordinary = rs.handled & ~SPECIAL_FILES
-    for path in [*fs.get("writable", []), *([policy["tmp_done"]] if policy.get("tmp_done") else [])]:
+    # The private /tmp and the notebook folder's cache over ~/.cache, where their binds are made.
+    covered = [policy[key] for key in ("tmp_done", "cache_done") if policy.get(key)]
+    for path in [*fs.get("writable", []), *covered]:
         # A writable folder that holds a hidden path (notebooks in ~) can't itself be listed or
         # get new entries; what is in it can.  Landlock can only allow, never carve out.
         # Without the mount namespace, what must stay read-only is carved out of the write grant.

@@ -4,8 +4,9 @@ namespace, and, in order, everything mounted in it.
 Runs in the worker process, after the rlimits and before the capabilities go (``unshare`` and
 ``mount`` need them, and a user namespace can't be made once a process has threads).  Not
 root, a user namespace mapping our own ids comes first, so the interpreter keeps working.
-The mounts themselves live in :mod:`.mounts`, :mod:`.private_tmp` and :mod:`.masks`, the
-network's part in :mod:`.network`; here is their order and what the report says of them.
+The mounts themselves live in :mod:`.mounts`, :mod:`.private_tmp`, :mod:`.user_dirs` and
+:mod:`.masks`, the network's part in :mod:`.network`; here is their order and what the report
+says of them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .masks import _mask_dev, _mask_hidden
 from .mounts import MS_PRIVATE, MS_REC, _bind_readonly, _isolate_cache, _make_root_readonly, _mount
 from .network import _dns, _network
 from .private_tmp import _cover_tmp
+from .user_dirs import _cover_home_cache, _isolate_user_dirs
 
 
 def _write(path: str, text: str) -> None:
@@ -73,7 +75,8 @@ def _mount_namespace(policy: dict[str, Any], report: _Report) -> list[str]:
     """Everything mounted in the new mount namespace, in order; return the masked paths.
 
     Records in ``policy`` what Landlock needs to know: ``readonly_done`` (the read-only binds
-    made) and, from :func:`~.private_tmp._cover_tmp`, ``tmp_done``.
+    made) and, from :func:`~.private_tmp._cover_tmp`, ``tmp_done``; from
+    :func:`~.user_dirs._cover_home_cache`, ``cache_done`` (and the hidden paths it covered).
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     fs = policy.get("fs", {})
@@ -81,7 +84,10 @@ def _mount_namespace(policy: dict[str, Any], report: _Report) -> list[str]:
     readonly = _bind_readonly(fs, report)
     policy["readonly_done"] = readonly
     _isolate_cache(fs, report)
+    _isolate_user_dirs(fs, report)
     tmp_note = _cover_tmp(policy, report)
+    _cover_home_cache(policy, report)
+    fs = policy.get("fs", {})
     _dns(fs, report)
     masked = _mask_hidden(fs)
     dev = _mask_dev(fs, masked)

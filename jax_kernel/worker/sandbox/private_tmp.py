@@ -2,7 +2,7 @@
 
 Runs in the worker process, inside its own mount namespace (:mod:`.namespaces`), after the
 read-only root and binds (:mod:`.mounts`), whose mounts the paths kept from the host's ``/tmp``
-bring along.
+bring along.  :func:`_cover` does the same for any folder (:mod:`.user_dirs` covers ``~/.cache``).
 """
 
 from __future__ import annotations
@@ -39,15 +39,28 @@ def _private_tmp(directory: str, keep: list[str], writable: list[str]) -> int:
 
     Other notebooks' temp files, their kernels' connection files (jupyter_client puts them in /tmp
     when no runtime dir is given), tmux's and ssh-agent's sockets: none of it is in the new /tmp.
-    Every path is opened (O_PATH) before /tmp is covered and bound from its descriptor, so the
-    mounts made before (read-only code, a writable cache inside it) come along (MS_REC).  What is
-    not inside a ``writable`` path is bound back read-only: the new /tmp itself is writable, and
-    Landlock's grant on it would reach whatever is mounted beneath it.
+    """
+    return _cover("/tmp", directory, keep, writable)
+
+
+def _cover(target: str, directory: str, keep: list[str], writable: list[str]) -> int:
+    """Put ``directory`` over ``target`` (writable), then bind back the paths of ``keep`` that lie
+    in ``target``, each at its own path; return how many were bound back.
+
+    Every path is opened (O_PATH) before ``target`` is covered and bound from its descriptor, so
+    the mounts made before (read-only code, a writable cache inside it) come along (MS_REC).  What
+    is not inside a ``writable`` path is bound back read-only: the new folder itself is writable,
+    and Landlock's grant on it would reach whatever is mounted beneath it.  A mount point that
+    would lie behind a symlink (``directory`` may outlive the worker) is refused: all or nothing.
     """
     writable_real = [os.path.realpath(w) for w in writable]
-    real_tmp = os.path.realpath("/tmp")
+    real_target = os.path.realpath(target)
     inside = sorted(
-        {os.path.realpath(p) for p in keep if _is_within(os.path.realpath(p), real_tmp) and os.path.exists(p)}
+        {
+            os.path.realpath(p)
+            for p in keep
+            if _is_within(os.path.realpath(p), real_target) and os.path.exists(p)
+        }
     )
     # Parents first; a kept path inside another comes along with it (MS_REC), unless it must be
     # writable inside a read-only one (the state dir's history and temp dirs): then it gets its own.
@@ -55,29 +68,31 @@ def _private_tmp(directory: str, keep: list[str], writable: list[str]) -> int:
     for path in inside:
         rw = any(_is_within(path, w) for w in writable_real)
         parent = next((b for b in reversed(plan) if _is_within(path, b[0])), None)
-        if path != real_tmp and (parent is None or parent[1] != rw):
+        if path != real_target and (parent is None or parent[1] != rw):
             plan.append((path, rw))
     fds = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for path, _ in plan}
     new = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        _mount(f"/proc/self/fd/{new}", real_tmp, None, MS_BIND)
+        _mount(f"/proc/self/fd/{new}", real_target, None, MS_BIND)
     except Unavailable:
         for fd in [new, *fds.values()]:
             os.close(fd)
         raise
     try:
-        _mount(None, real_tmp, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+        _mount(None, real_target, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
         for path, fd in fds.items():
             if stat.S_ISDIR(os.fstat(fd).st_mode):
                 os.makedirs(path, exist_ok=True)
             elif not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            if os.path.realpath(path) != path:
+                raise Unavailable(f"{path} lies behind a symlink in {directory}")
             _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
             if not dict(plan)[path]:
                 _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     except (Unavailable, OSError):
-        _libc.umount2(real_tmp.encode(), MNT_DETACH)  # all or nothing: the host's /tmp as before
+        _libc.umount2(real_target.encode(), MNT_DETACH)  # all or nothing: the host's folder as before
         raise
     finally:
         for fd in [new, *fds.values()]:
