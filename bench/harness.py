@@ -22,6 +22,7 @@ from typing import Any
 
 from jupyter_client import KernelManager
 from jupyter_client.blocking import BlockingKernelClient
+from traitlets.config import Config
 
 try:
     import psutil
@@ -29,6 +30,10 @@ except ImportError:  # psutil is a dependency, but a bench should still run with
     psutil = None
 
 TIMEOUT = 60
+#: Kernels started here warm no pooled kernel process for the next one (JaxProvisioner.pool_size):
+#: a test or a timing must not depend on, nor pay for, what an earlier start left warm.  The pool's
+#: own tests and bench rows ask for it.
+NO_POOL = Config({"JaxProvisioner": {"pool_size": 0}})
 KERNEL_NAME = JAX = "jax"
 #: The stock ipykernel, the reference every bench compares with (ipykernel's own kernelspec).
 PY = "python3"
@@ -119,7 +124,7 @@ def start_kernel(
 ) -> tuple[KernelManager, BlockingKernelClient]:
     """A kernel (``jax`` unless ``kernel_name=`` says otherwise) started as a frontend starts it,
     ready and with IOPub drained."""
-    km = KernelManager(**{"kernel_name": KERNEL_NAME, **km_kwargs})
+    km = KernelManager(**{"kernel_name": KERNEL_NAME, "config": NO_POOL, **km_kwargs})
     launch_kwargs: dict[str, Any] = {"env": env} if env else {}
     if cwd:
         launch_kwargs["cwd"] = cwd  # the notebook's folder, as a frontend would give it
@@ -266,6 +271,41 @@ def send_to_subshell(
     return str(msg["header"]["msg_id"])
 
 
+# processes ---------------------------------------------------------------------------------------
+def worker_pids(kernel_pid: int) -> list[int]:
+    """The worker processes a kernel process has started (its worker and its standby)."""
+    if psutil is None:
+        return []
+    try:
+        children = psutil.Process(kernel_pid).children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "jax_kernel.worker" in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def process_gone(pid: int, within: float = 10.0) -> bool:
+    """Whether ``pid`` exits within ``within`` seconds (a zombie counts as gone: only its parent's
+    wait is missing)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 # benches: kernels that are always cleaned up ------------------------------------------------------
 class BenchError(RuntimeError):
     """A kernel did something the benchmark did not expect (timeout, wrong reply)."""
@@ -290,10 +330,10 @@ class BenchKernel:
 
     live: list[BenchKernel] = []  # every kernel not yet shut down, for the final cleanup
 
-    def __init__(self, name: str, extra_arguments: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, extra_arguments: Sequence[str] = (), config: Config | None = None) -> None:
         self.name = name
         self.extra_arguments = list(extra_arguments)
-        self.km = KernelManager(kernel_name=name)
+        self.km = KernelManager(kernel_name=name, config=config if config is not None else NO_POOL)
         self.kc: BlockingKernelClient | None = None
         self.worker_pids: set[int] = set()
         self.closed = False

@@ -9,10 +9,14 @@ if __name__ == "__main__":
     # ipykernel's debugger module imports debugpy, whose pydevd prints a frozen-modules note to the
     # server's log on every start; our debugger runs in the worker, which sets the same.
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    if os.environ.get("JAX_KERNEL_SPARE"):  # a spare for the next restart (jax_kernel.launch.provisioner)
+    from jax_kernel.launch.link import Link
+
+    link = Link.from_environment()  # jax-kernel's provisioner launched us (jax_kernel.launch.provisioner)
+    if os.environ.get("JAX_KERNEL_SPARE"):  # a warm process: the spare, or one of the server's pool
         from jax_kernel.launch.spare import wait_to_be_kernel
 
-        wait_to_be_kernel()
-    from jax_kernel.kernel.app import launch_new_instance
+        wait_to_be_kernel(link)
+    from jax_kernel.kernel.app import JaxKernelApp, launch_new_instance
 
+    JaxKernelApp.link = link
     launch_new_instance()

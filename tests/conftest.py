@@ -30,8 +30,10 @@ from bench.harness import (  # noqa: E402
     Result,
     execute,
     isolate_environment,
+    process_gone,
     start_kernel,
     stop_kernel,
+    worker_pids,
 )
 
 _TMP = isolate_environment()
@@ -44,10 +46,12 @@ __all__ = [
     "Result",
     "execute",
     "kernel_command_line",
+    "process_gone",
     "request",
     "shell_replies",
     "start_kernel",
     "stop_kernel",
+    "worker_pids",
 ]
 
 

@@ -75,6 +75,7 @@ CELLS = {
         "spin(jnp.zeros(4)).block_until_ready()"
     ),
     "after_restart": "'slider' in globals()",
+    "restarted_jnp": "import jax.numpy as jnp\nprint('fresh', 'slider' in globals(), int(jnp.arange(5).sum()))",
     "usage_pid": "import os\nos.getpid()",
     "usage_alloc": "import numpy as np\nusage_block = np.ones(40_000_000)  # 320 MB, every page touched\nusage_block.nbytes",
     "debug": "def double(v):\n    w = v * 2\n    return w\nprint('answer', double(21))",
@@ -384,17 +385,43 @@ def test_interrupt_button_ends_a_stuck_jitted_loop(page: Any) -> None:
     shot(page, "interrupt")
 
 
-def test_restart_button_gives_a_fresh_worker(page: Any) -> None:
+def test_restart_button_gives_a_fresh_worker(page: Any, lab: str) -> None:
     run(page, "slider")  # the worker killed by the interrupt test lost it: define it again
     out = run(page, "after_restart").locator(".jp-OutputArea-output")
     playwright_api.expect(out).to_contain_text("True")
-    page.locator("[data-jp-item-name='restart'] button, [data-jp-item-name='restart']").first.click()
-    page.locator(".jp-Dialog .jp-mod-accept").click()
-    page.wait_for_timeout(500)
-    wait_idle(page)
-    out = run(page, "after_restart").locator(".jp-OutputArea-output")
-    playwright_api.expect(out).to_contain_text("False")
+    # Twice in a row, each followed by a jnp cell, as in the "edit, restart, run" rhythm: the
+    # kernel restarts in place (its process, and the page's connection, stay).
+    kernel_pids = set()
+    for _ in range(2):
+        page.locator("[data-jp-item-name='restart'] button, [data-jp-item-name='restart']").first.click()
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        page.wait_for_timeout(500)
+        wait_idle(page)
+        out = run(page, "restarted_jnp").locator(".jp-OutputArea-output")
+        playwright_api.expect(out).to_contain_text("fresh False 10")
+        kernel_pids.add(_kernel_pid(lab))
+    after = run(page, "after_restart")
+    playwright_api.expect(after.locator(".jp-OutputArea-output")).to_contain_text("False")
+    playwright_api.expect(after.locator(".jp-InputPrompt")).to_have_text("[2]:")  # counted from 1 again
+    assert len(kernel_pids) == 1, f"the kernel process changed on a restart: {kernel_pids}"
     shot(page, "restart")
+
+
+def _kernel_pid(lab: str) -> int:
+    """The pid of the notebook's kernel process: the server names its kernel (REST API), whose
+    command line names its connection file (a spare has the same line, and JAX_KERNEL_SPARE)."""
+    import psutil
+
+    base = lab.split("/lab/")[0]
+    with urllib.request.urlopen(f"{base}/api/kernels?token={TOKEN}", timeout=10) as r:
+        (kernel,) = json.load(r)
+    mine = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if f"kernel-{kernel['id']}.json" in " ".join(p.cmdline()) and "JAX_KERNEL_SPARE" not in p.environ()
+    ]
+    assert len(mine) == 1, f"kernel {kernel['id']}: processes {mine}"
+    return mine[0].pid
 
 
 def _bytes(text: str, label: str) -> int:

@@ -8,9 +8,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
-from conftest import Kernel, execute, start_kernel, stop_kernel
+from conftest import Kernel, execute, process_gone, start_kernel, stop_kernel
 
 
 @pytest.fixture(scope="module")
@@ -19,18 +18,6 @@ def crash_kernel() -> Iterator[Kernel]:
     km, kc = start_kernel()
     yield Kernel(km, kc)
     stop_kernel(km, kc)
-
-
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _interrupt_by_message(kernel: Kernel) -> None:
@@ -122,7 +109,7 @@ def test_interrupt_of_jitted_xla_loop_kills_and_replaces_worker(crash_kernel: Ke
     assert res.reply["ename"] == "WorkerDied"
     assert "interrupt" in res.reply["evalue"] and "variables were lost" in res.reply["evalue"]
     assert "native code" in res.reply["evalue"]
-    assert _gone(pid, 5)
+    assert process_gone(pid, 5)
     assert crash_kernel.km.is_alive()
     assert crash_kernel.run("lost_variable").reply["ename"] == "NameError"
     assert crash_kernel.worker_pid() != pid
@@ -189,7 +176,7 @@ def test_restart_gives_a_fresh_worker_and_leaves_no_process(fresh_kernel: Kernel
     fresh_kernel.kc.wait_for_ready(timeout=60)
     assert fresh_kernel.run("before_restart").reply["ename"] == "NameError"
     assert fresh_kernel.worker_pid() != pid
-    assert _gone(pid, 5)
+    assert process_gone(pid, 5)
 
 
 def test_shutdown_leaves_no_process_behind() -> None:
@@ -198,8 +185,8 @@ def test_shutdown_leaves_no_process_behind() -> None:
     pid = kernel.worker_pid()
     kernel_pid = km.provisioner.process.pid
     stop_kernel(km, kc)
-    assert _gone(kernel_pid, 10)
-    assert _gone(pid, 5)
+    assert process_gone(kernel_pid, 10)
+    assert process_gone(pid, 5)
 
 
 def test_worker_exits_when_the_kernel_is_killed() -> None:
@@ -210,7 +197,7 @@ def test_worker_exits_when_the_kernel_is_killed() -> None:
     time.sleep(0.5)
     os.kill(km.provisioner.process.pid, signal.SIGKILL)
     try:
-        assert _gone(pid, 3), "the worker must not outlive its kernel"
+        assert process_gone(pid, 3), "the worker must not outlive its kernel"
     finally:
         kc.stop_channels()
         km.cleanup_resources()

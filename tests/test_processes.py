@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Kernel, execute, request, shell_replies, start_kernel, stop_kernel
+from conftest import Kernel, execute, process_gone, request, shell_replies, start_kernel, stop_kernel
 
 #: Open MPI refuses root and counts slots by cores; CI runs as root on 2 cores.
 MPI_ENV = {
@@ -52,23 +52,6 @@ def _imports(kernel: Kernel) -> None:
 def _member_pids(kernel: Kernel) -> list[int]:
     res = kernel.ok("import os, sys; print(f'pid={os.getpid()}', file=sys.stderr)")
     return sorted(int(part.split("pid=")[1]) for part in res.stderr.splitlines())
-
-
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:  # a zombie is gone too: only its parent's wait is missing
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except OSError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("mpi", marks=needs_mpi)])
@@ -257,7 +240,7 @@ def test_crash_of_one_process_is_reported_and_the_set_replaced(jset: Kernel) -> 
         assert "which was killed by SIGKILL" in evalue
     assert _value(jset.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
     _imports(jset)
-    assert all(_gone(pid, 5) for pid in old)
+    assert all(process_gone(pid, 5) for pid in old)
 
 
 def test_back_to_one_process_and_no_member_left(jset: Kernel) -> None:
@@ -265,7 +248,7 @@ def test_back_to_one_process_and_no_member_left(jset: Kernel) -> None:
     res = jset.ok("%load_jax --processes 1", timeout=SET_TIMEOUT)
     assert "process_count" not in res.of("display_data")[0]["data"]["text/plain"]
     assert _value(jset.ok("import jax\njax.process_count()")) == "1"
-    assert all(_gone(pid, 5) for pid in pids)
+    assert all(process_gone(pid, 5) for pid in pids)
     jset.table = _load_set(jset, jset.launcher)  # type: ignore[attr-defined]
 
 
@@ -279,7 +262,7 @@ def test_no_member_outlives_a_killed_kernel(launcher: str) -> None:
         kc.execute("import time; time.sleep(60)")  # busy in a cell, not waiting on the wire
         time.sleep(0.5)
         os.kill(km.provisioner.process.pid, signal.SIGKILL)
-        assert all(_gone(pid, 10) for pid in pids), "a set member outlived its kernel"
+        assert all(process_gone(pid, 10) for pid in pids), "a set member outlived its kernel"
     finally:
         kc.stop_channels()
         km.cleanup_resources()
@@ -469,7 +452,7 @@ def test_a_silent_member_is_detected_and_the_set_replaced(strict_set: Kernel) ->
             os.kill(pids[1], signal.SIGCONT)
     assert res.reply["status"] == "error" and "went silent: no heartbeat for 3 s" in res.reply["evalue"]
     assert _value(strict_set.ok("import jax\njax.process_count()", timeout=SET_TIMEOUT)) == "2"
-    assert all(_gone(pid, 5) for pid in pids)
+    assert all(process_gone(pid, 5) for pid in pids)
 
 
 def test_members_on_this_host_take_their_cores_through_leases() -> None:
@@ -498,13 +481,13 @@ def test_restart_and_shutdown_leave_no_member() -> None:
         pids = _member_pids(kernel)
         km.restart_kernel()
         kc.wait_for_ready(timeout=60)
-        assert all(_gone(pid, 10) for pid in pids), "a set member outlived a kernel restart"
+        assert all(process_gone(pid, 10) for pid in pids), "a set member outlived a kernel restart"
         assert _value(kernel.ok("import jax\njax.process_count()")) == "1"  # a restart starts one worker
         _load_set_of(kernel, "%load_jax --processes 2")
         pids = _member_pids(kernel)
     finally:
         stop_kernel(km, kc)
-    assert all(_gone(pid, 10) for pid in pids), "a set member outlived the kernel's shutdown"
+    assert all(process_gone(pid, 10) for pid in pids), "a set member outlived the kernel's shutdown"
 
 
 def test_a_sets_members_share_one_task_limit(tmp_path: Path) -> None:

@@ -76,7 +76,9 @@ def planted(tmp_path: Path, marker_dir: Path) -> Iterator[Kernel]:
     """A standard-profile kernel whose notebook folder a cell has filled with planted modules."""
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    km, kc = start_kernel(cwd=str(notebooks))
+    # One restart in place, then into new processes (the spare, and the spare after it).
+    # env: a restart relaunches with the same environment, as a notebook server's does.
+    km, kc = start_kernel(["--JaxKernel.max_in_place_restarts=1"], env=dict(os.environ), cwd=str(notebooks))
     kernel = Kernel(km, kc)
     res = kernel.ok(_plant_cell(marker_dir))
     assert "json.py" in res.of("execute_result")[0]["data"]["text/plain"]
@@ -111,16 +113,23 @@ def test_a_cell_names_no_launcher_for_the_kernel_to_import(planted: Kernel, mark
 
 def test_planted_modules_run_in_no_process_the_kernel_starts(planted: Kernel, marker_dir: Path) -> None:
     # A new worker from the standby refill (after a crash), a replacement for new JAX settings,
-    # the kernel after a restart (the spare kernel process) and the spare started after that.
+    # a restart in place, then the kernel after a restart into a new process (the spare kernel
+    # process) and, after that, a restart into the spare started then.
     planted.run("import os; os._exit(3)")
     assert planted.ok("1 + 1").of("execute_result")[0]["data"]["text/plain"] == "2"
     planted.ok("%load_jax --x64", timeout=SET_TIMEOUT)
     assert planted.ok("import jax.numpy as jnp; jnp.ones(2).dtype.name").of("execute_result")
-    planted.km.restart_kernel(now=False)
+    first = planted.km.provisioner.pid
+    planted.km.restart_kernel(now=False)  # in place
     planted.kc.wait_for_ready(timeout=60)
     assert planted.ok("1 + 1").of("execute_result")[0]["data"]["text/plain"] == "2"
-    time.sleep(5)  # the spare started with the restart waits 3 s, then imports the kernel
-    planted.km.restart_kernel(now=False)
+    assert planted.km.provisioner.pid == first
+    planted.km.restart_kernel(now=False)  # the spare started with the kernel
+    planted.kc.wait_for_ready(timeout=60)
+    assert planted.ok("1 + 1").of("execute_result")[0]["data"]["text/plain"] == "2"
+    assert planted.km.provisioner.pid != first
+    time.sleep(5)  # the spare started with that restart waits 3 s, then imports the kernel
+    planted.km.restart_kernel(now=False)  # it (max_in_place_restarts counts per process)
     planted.kc.wait_for_ready(timeout=60)
     assert planted.ok("import json; json.__file__").of(
         "execute_result"

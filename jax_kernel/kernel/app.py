@@ -20,17 +20,19 @@ from jupyter_core.paths import jupyter_config_path
 from traitlets import Type, default
 from traitlets.config import Application
 
+from ..launch.link import Link
 from ..policy.accelerators import Accelerators
 from ..policy.sandbox import Sandbox
 from ..supervision.manager import WorkerManager
-from .jaxkernel import JaxKernel
+from .jaxkernel import JaxKernel, installed_jax_version
 
 
 class JaxKernelApp(IPKernelApp):
     """Launches the ``jax`` kernel (``python -m jax_kernel -f CONNECTION_FILE``)."""
 
     name = "jax-kernel"  # reads jax_kernel_config.py
-    prepared_manager: WorkerManager | None = None  # made early by a spare kernel process
+    prepared_manager: WorkerManager | None = None  # made early by a warm kernel process
+    link: Link | None = None  # to the provisioner that launched us (jax_kernel.launch.link), if it did
     description = "The jax-kernel Jupyter kernel: cells run in a supervised JAX worker process."
     classes = [JaxKernel, WorkerManager, Sandbox, Accelerators, Session, ProfileDir]  # type: ignore[assignment]
     kernel_class = Type(  # type: ignore[assignment]
@@ -78,11 +80,27 @@ class JaxKernelApp(IPKernelApp):
         Application.load_config_file(app, app.config_file_name, path=jupyter_config_path())
         app.prepared_manager = WorkerManager(config=app.config, log=app.log)
         app.prepared_manager.prespawn()
+        installed_jax_version()  # the banner of the first kernel_info_reply
+
+    @classmethod
+    def drop_prepared_standby(cls) -> None:
+        """A pooled process adopted another folder: its standby's sandbox was made for the old one."""
+        app = cls.instance()
+        if app.prepared_manager is not None:
+            app.prepared_manager.drop_prespawned()
 
     def load_config_file(self, *args: t.Any, **kwargs: t.Any) -> None:
         """Also read ``jax_kernel_config.py`` from Jupyter's config path, after IPython's profile."""
         super().load_config_file(*args, **kwargs)
         Application.load_config_file(self, self.config_file_name, path=jupyter_config_path())
+
+    def initialize(self, argv: t.Any = None) -> None:
+        """ipykernel's initialize; then tell a provisioner that woke us (a warm process) that our
+        ports are bound, so that the frontend it hands them to connects at once instead of
+        retrying after zmq's reconnect interval (100 ms)."""
+        super().initialize(argv)
+        if self.link is not None:
+            self.link.send(bound=True)
 
     def start(self) -> None:
         """Run the kernel; once it has been shut down, clean up and exit at once.

@@ -142,6 +142,14 @@ class DebuggerRelay:
                 }
             )
 
+    def forget(self) -> None:
+        """A restart in place: as with a new process, no debug session, breakpoint or stopped
+        thread is left (the frontend starts the debugger again if it wants it)."""
+        self.worker_gone()
+        self._debug_setup.clear()
+        self._debug_breakpoints.clear()
+        self._debug_worker = None
+
     def _publish_debug_event(self, event: dict[str, t.Any]) -> None:
         """A DAP event from the worker (validated by the wire) as a debug_event on IOPub."""
         self.session.send(

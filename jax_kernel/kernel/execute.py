@@ -33,6 +33,11 @@ class CellRunner:
         self.execution_count = 1  # the next cell's number, as the frontend was last told
         self.jax_loaded_version: str | None = None
 
+    def reset(self) -> None:
+        """A restart in place: numbering starts again at 1, and JAX is not loaded yet."""
+        self.execution_count = 1
+        self.jax_loaded_version = None
+
     async def run(
         self,
         origin: Origin,

@@ -15,108 +15,42 @@ requests run in the worker beside the main shell's cell).
 from __future__ import annotations
 
 import atexit
+import functools
 import sys
 import threading
 import typing as t
 from importlib import metadata
 
 from ipykernel._version import kernel_protocol_version
-from ipykernel.kernelbase import Kernel
-from traitlets import Any, Bool, Float, Instance, Integer, List, default
+from traitlets import Any, Instance, default
 
 from .. import __version__
 from ..protocol import wire
-from ..protocol.budget import DEFAULT_OUTPUT_LIMIT
 from ..supervision.manager import WorkerDied, WorkerError, WorkerManager
 from . import replies, usage
 from .debug_relay import DebuggerRelay
 from .execute import CellRunner
 from .jax_requests import JaxRequests
 from .outputs import Origin, OutputPublisher
+from .restart import InPlaceRestarts
 from .selftest_relay import SelfTestRunner
+from .settings import KernelSettings
 from .stdin import InputRelay
 from .subshells import SubshellRelay, on_loop, subshell_of
 
-#: What IPython's kernel says about its language: cells are IPython (magics, ``!``), as in the worker.
-LANGUAGE_INFO: dict[str, object] = {
-    "name": "python",
-    "version": sys.version.split()[0],
-    "mimetype": "text/x-python",
-    "codemirror_mode": {"name": "ipython", "version": sys.version_info[0]},
-    "pygments_lexer": "ipython3",
-    "nbconvert_exporter": "python",
-    "file_extension": ".py",
-}
 
-
-def _installed_jax_version() -> str | None:
+@functools.cache
+def installed_jax_version() -> str | None:
+    """JAX's version as installed (importlib.metadata reads the dist-info: ~40 ms the first time,
+    which a warm kernel process pays before it is needed, see ``JaxKernelApp.prepare_spare``)."""
     try:
         return metadata.version("jax")
     except metadata.PackageNotFoundError:
         return None
 
 
-class JaxKernel(Kernel):
+class JaxKernel(KernelSettings):
     """A Jupyter kernel that never runs user code itself: a worker process runs every cell."""
-
-    implementation = "jax-kernel"
-    implementation_version = __version__
-    language_info = LANGUAGE_INFO
-
-    help_links = List(
-        [
-            {
-                "text": "Python Reference",
-                "url": f"https://docs.python.org/{sys.version_info[0]}.{sys.version_info[1]}",
-            },
-            {"text": "IPython Reference", "url": "https://ipython.readthedocs.io/en/stable/"},
-            {"text": "JAX Reference", "url": "https://docs.jax.dev/en/latest/"},
-            {"text": "NumPy Reference", "url": "https://numpy.org/doc/stable/reference/"},
-            {"text": "Matplotlib Reference", "url": "https://matplotlib.org/stable/"},
-        ]
-    ).tag(config=True)
-
-    output_limit = Integer(
-        DEFAULT_OUTPUT_LIMIT,
-        help="Characters of output one cell may send, everything counted: stream text, and the data "
-        "of displays, results and comm messages; the rest is dropped with a notice (a runaway print "
-        "or display loop must not take the browser or the kernel down).",
-    ).tag(config=True)
-
-    array_view = Bool(
-        True,
-        help="Show a JAX array result as an HTML card (shape, dtype, placement, a corner of the values) "
-        "beside JAX's text; False: JAX's text only, as in the stock kernel. %jax_array_view on|off "
-        "overrides it per notebook, and a renderer registered for every object (treescope) wins.",
-    ).tag(config=True)
-
-    compile_notice_after = Float(
-        2.0,
-        help="Seconds an XLA compile may run before the cell shows a transient 'XLA is compiling f' "
-        "line (removed when the compile or the cell ends); 0 turns the line off.",
-    ).tag(config=True)
-
-    usage_timeout = Float(
-        1.0,
-        help="Seconds a usage_request waits for the worker's device memory figures; past that the reply "
-        "has the worker's CPU and memory without them (a busy worker must not stall a status bar).",
-    ).tag(config=True)
-
-    enable_debugger = Bool(
-        True,
-        help="Offer the visual debugger (JupyterLab, VS Code 'Debug cell'): debug_requests reach pydevd "
-        "inside the worker. False refuses them and kernel_info says the debugger is unavailable.",
-    ).tag(config=True)
-
-    jax_reply_limit = Integer(
-        16 * 1024 * 1024,
-        help="Largest jax_*_reply (bytes of JSON) relayed from the worker; a larger one becomes an error.",
-    ).tag(config=True)
-
-    max_program_bytes = Integer(
-        256 * 1024 * 1024,
-        help="Largest serialized JAX program a jax_program_request may send or name; larger ones are refused.",
-    ).tag(config=True)
 
     manager = Instance(WorkerManager)
     debugpy_stream = Any(allow_none=True, help="ipykernel's in-process debugger socket: unused here.")
@@ -158,6 +92,7 @@ class JaxKernel(Kernel):
             self.shell_handlers[msg_type] = self._forward_comm
         self.subshells = SubshellRelay(self, manager, lambda: self.io_loop.asyncio_loop, self.log)
         self.subshells.register(self.control_handlers)
+        self.restarts = InPlaceRestarts(self, getattr(self.parent, "link", None), self.log)
         atexit.register(manager.kill_now)
         self.jax.register(self.shell_handlers)  # jax_load_request -> jax_load_reply, ...
 
@@ -165,6 +100,7 @@ class JaxKernel(Kernel):
         super().start()
         # Start the worker in parallel with the frontend's kernel_info handshake.
         self.io_loop.add_callback(self.manager.start)
+        self.restarts.watch(self.io_loop.asyncio_loop)
 
     def _reply(
         self, stream: t.Any, msg_type: str, content: dict[str, t.Any], parent: t.Any, ident: t.Any
@@ -194,7 +130,7 @@ class JaxKernel(Kernel):
         if self.cells.jax_loaded_version:
             jax = f"JAX {self.cells.jax_loaded_version} (loaded)"
         else:
-            jax = f"JAX {_installed_jax_version() or 'not installed'} (not imported yet)"
+            jax = f"JAX {installed_jax_version() or 'not installed'} (not imported yet)"
         return (
             f"Python {py} | jax-kernel {__version__} | {jax}\n"
             "Cells run in a supervised worker process: a crash, an out-of-memory kill or a stuck "
@@ -362,6 +298,31 @@ class JaxKernel(Kernel):
             "unique": unique,
         }
         return replies.history_reply(await self._ask("history", request))
+
+    # restarts and shutdown ---------------------------------------------------------------
+    async def shutdown_request(self, stream: t.Any, ident: t.Any, parent: dict[str, t.Any]) -> None:
+        """A restart keeps this process when it can (:mod:`.restart`); else the process exits."""
+        restart = bool((parent.get("content") or {}).get("restart"))
+        why = self.restarts.refusal() if restart else "a shutdown"
+        if why is not None:
+            if restart:
+                self.log.info("Restarting into a new process: %s", why)
+            await super().shutdown_request(stream, ident, parent)
+            return
+        await self.restarts.restart(parent)
+        self._reply(stream, "shutdown_reply", {"status": "ok", "restart": True}, parent, ident)
+
+    def reset_for_restart(self) -> None:
+        """What a new kernel process would have fresh (:mod:`.restart`), on the shell's loop and
+        synchronously: no request served after this reaches the old worker."""
+        self._abort_queues()  # requests queued before the restart: a new process never saw them
+        self.selftest.interrupt()
+        self.stdin.cancel()
+        self.outputs.close_worker_comms()
+        self.debugger_relay.forget()
+        self.manager.restart()
+        self.cells.reset()
+        self._usage_probe = usage.UsageProbe()
 
     async def do_shutdown(self, restart: bool) -> dict[str, t.Any]:  # type: ignore[override]
         await self.manager.shutdown()

@@ -97,6 +97,15 @@ class SubshellRelay:
                 await self._tell_worker(action, reply.get("subshell_id") or request["subshell_id"])
         self.kernel.session.send(socket, reply_type, reply, parent, ident)
 
+    async def delete_all(self) -> None:
+        """A restart in place: the subshells go, as they would with the old process (on the
+        control thread, where ipykernel keeps them; the worker's threads died with the worker)."""
+        if not self.supported:
+            return
+        listed = self._ask_ipykernel({"type": "list"}).get("subshell_id") or []
+        for subshell_id in listed:
+            self._ask_ipykernel({"type": "delete", "subshell_id": subshell_id})
+
     def register(self, handlers: dict[str, Callable[..., Awaitable[None]]]) -> None:
         for msg_type in ("create_subshell_request", "delete_subshell_request", "list_subshell_request"):
             handlers[msg_type] = self.handle

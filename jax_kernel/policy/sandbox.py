@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -259,6 +260,15 @@ class Sandbox(LoggingConfigurable):
             self._state_dir = statedir.make_state_dir(statedir.state_base(self.writable_paths, self.log))
             self._mask_id = statedir.fill_state_dir(self._state_dir)
         return self._state_dir
+
+    def moved(self) -> None:
+        """The kernel took over another notebook folder before any worker ran a cell (a pooled
+        kernel process): the state dir made for the old one goes (the private /tmp in it holds
+        that folder's mount point), and the next worker gets one made for the new folder."""
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+        self._state_dir = self._mask_id = None
+        self.check()
 
     def _runtime_paths(self) -> frozenset[str]:
         if self._runtime is None:  # they do not change while the kernel runs

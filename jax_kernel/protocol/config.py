@@ -130,6 +130,7 @@ class WorkerConfig(TypedDict, total=False):
     standby: bool  # warm up and wait for ``activate`` instead of taking up work
     execution_count: int
     output_limit: int
+    session_name: str  # the notebook's path as the server names it (JPY_SESSION_NAME): __session__
     host_platform: str
     memory_cap: float
     lease: str  # the devices this worker leases, in words

@@ -38,6 +38,7 @@ class WorkerEvents:
             self._ready(worker, msg)
         elif kind == "standby":
             m.log.debug("Standby worker %s warm", worker.pid)
+            m.standby_warmed(worker)
         elif worker is m.worker:
             if kind == "input_request":
                 m.input_handler(msg, self._requests.origin_of(worker, msg))

@@ -144,6 +144,12 @@ class DeviceLeases:
         if self.lease is not None:
             self.lease.release()
 
+    def forget(self) -> None:
+        """Give the devices back and forget what was asked (a restart): the next worker leases
+        what the policy says, as a new kernel's would."""
+        self.release()
+        self.lease, self.request = None, None
+
     def restrict(self, worker: WorkerProcess) -> None:
         """Keep a worker with an accelerator lease out of the other accelerators' device files."""
         lease = self.lease

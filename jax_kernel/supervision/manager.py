@@ -17,167 +17,30 @@ the standby (:mod:`.standby`), the device lease (:mod:`.leases`).  The errors li
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
-from traitlets.config import LoggingConfigurable
-
-from ..policy.accelerators import Accelerators, Lease, LeaseError
-from ..policy.domains import xdg_dir
-from ..policy.sandbox import Sandbox
+from ..policy.accelerators import Lease, LeaseError
 from ..protocol import jaxspec, wire
 from ..protocol.budget import DEFAULT_OUTPUT_LIMIT
+from . import priority
 from .errors import WorkerDied, WorkerError, WorkerStartFailed
 from .events import WorkerEvents
 from .handle import WorkerHandle
 from .interrupts import Interrupts
 from .leases import DeviceLeases
-from .local import default_worker_argv, describe_exit
+from .local import describe_exit
 from .requests import WorkerRequests
+from .settings import WorkerSettings
 from .spawner import WorkerSpawner
 from .standby import Standby
-from .workerset import ProcessSet
 
 __all__ = ["WorkerDied", "WorkerError", "WorkerManager", "WorkerStartFailed"]
 
 
-class WorkerManager(LoggingConfigurable):
+class WorkerManager(WorkerSettings):
     """Starts and supervises the worker process that runs every cell."""
-
-    worker_argv = List(
-        Unicode(),
-        help="Command that starts a worker; the kernel appends the wire descriptor and a JSON config. "
-        "Defaults to this interpreter running jax_kernel.worker.",
-    ).tag(config=True)
-
-    @default("worker_argv")
-    def _default_worker_argv(self) -> list[str]:
-        return default_worker_argv()
-
-    worker_env = Dict(
-        Unicode(),
-        help="Environment variables set (or, with an empty value, removed) for the worker, "
-        "on top of the kernel's own environment.",
-    ).tag(config=True)
-
-    jax_settings = Dict(
-        help="load_jax_library settings every worker starts with (platform, devices, x64, host_device_count, "
-        "memory_fraction, preallocate, compilation_cache_dir, matmul_precision): cells that import jax "
-        "without calling it get these.",
-    ).tag(config=True)
-
-    start_timeout = Float(60.0, help="Seconds a new worker may take to become ready.").tag(config=True)
-
-    interrupt_grace = Float(
-        3.0,
-        help="Seconds an interrupted cell has to stop before the worker is killed and replaced "
-        "(a jitted XLA loop cannot see KeyboardInterrupt).",
-    ).tag(config=True)
-
-    request_timeout = Float(
-        30.0, help="Seconds to wait for a reply to completion, inspection and history requests."
-    ).tag(config=True)
-
-    shutdown_timeout = Float(2.0, help="Seconds a worker has to exit cleanly before it is killed.").tag(
-        config=True
-    )
-
-    max_message_bytes = Integer(
-        wire.DEFAULT_MAX_FRAME,
-        help="Largest single message accepted from the worker; larger ones are discarded with a notice.",
-    ).tag(config=True)
-
-    standby = Bool(
-        True,
-        help="Keep one standby worker ready (interpreter started, sandbox applied, jax imported, backend "
-        "not started), swapped in on crash recovery and %load_jax with new settings so that those take "
-        "a fraction of a second. It costs the memory of one idle worker; turn it off on tight hosts.",
-    ).tag(config=True)
-
-    standby_delay = Float(
-        2.0, help="Seconds after a worker is ready before the next standby starts (when no request runs)."
-    ).tag(config=True)
-
-    compilation_cache = Bool(
-        True,
-        help="Give workers JAX's persistent compilation cache (in JaxKernel's cache dir, "
-        "WorkerManager.compilation_cache_dir), so a function compiled before a restart is read back "
-        "instead of compiled again.",
-    ).tag(config=True)
-
-    compilation_cache_dir = Unicode(
-        help="Where the persistent compilation cache lives (default: ~/.cache/jax-kernel/compilation)."
-    ).tag(config=True)
-
-    @default("compilation_cache_dir")
-    def _default_cache_dir(self) -> str:
-        return xdg_dir("XDG_CACHE_HOME", ".cache", "jax-kernel", "compilation")
-
-    compilation_cache_min_compile_secs = Float(
-        0.0,
-        help="Compiles at least this long are cached (JAX's own default is 1 s). 0 caches every compile: "
-        "reading one back is faster than compiling it, even a small one, which is most of a restarted "
-        "notebook's first cells.",
-    ).tag(config=True)
-
-    compilation_cache_max_bytes = Integer(
-        2 * 1024**3,
-        help="Size the compilation cache is trimmed to (least recently used first); -1: no limit.",
-    ).tag(config=True)
-
-    user_packages = Bool(
-        True,
-        help="%pip install (and !pip install) in a cell installs into a folder of this notebook "
-        "folder's own, on the worker's sys.path ahead of site-packages and kept across kernels (see "
-        "user_packages_dir). False: %pip installs into the environment, which the sandbox keeps read-only.",
-    ).tag(config=True)
-
-    user_packages_dir = Unicode(
-        help="Where the packages cells install live: one folder per notebook folder, sandbox profile "
-        "and Python environment, written only by that folder's workers and never imported by the "
-        "kernel (default: $XDG_DATA_HOME/jax-kernel/packages, i.e. ~/.local/share/jax-kernel/packages)."
-    ).tag(config=True)
-
-    @default("user_packages_dir")
-    def _default_packages_dir(self) -> str:
-        return xdg_dir("XDG_DATA_HOME", os.path.join(".local", "share"), "jax-kernel", "packages")
-
-    user_cache = Bool(
-        True,
-        help="Give workers a cache that outlives the kernel, one per notebook folder and profile "
-        "(XDG_CACHE_HOME, and ~/.cache in the worker's view): pip's, datasets' and models' downloads "
-        "are kept. False: a temp dir per kernel, as before.",
-    ).tag(config=True)
-
-    user_cache_dir = Unicode(
-        help="Where the workers' caches live, one folder per notebook folder and profile "
-        "(default: $XDG_CACHE_HOME/jax-kernel/workers, i.e. ~/.cache/jax-kernel/workers)."
-    ).tag(config=True)
-
-    @default("user_cache_dir")
-    def _default_user_cache_dir(self) -> str:
-        return xdg_dir("XDG_CACHE_HOME", ".cache", "jax-kernel", "workers")
-
-    sandbox = Instance(Sandbox, help="The isolation policy applied to every worker.")
-
-    @default("sandbox")
-    def _default_sandbox(self) -> Sandbox:
-        return Sandbox(parent=self, log=self.log)
-
-    accelerators = Instance(Accelerators, help="Device policy: default devices, leasing, memory limits.")
-
-    @default("accelerators")
-    def _default_accelerators(self) -> Accelerators:
-        return Accelerators(parent=self, log=self.log)
-
-    processes = Instance(ProcessSet, help="Settings of sets of worker processes (%load_jax --processes N).")
-
-    @default("processes")
-    def _default_processes(self) -> ProcessSet:
-        return ProcessSet(parent=self, log=self.log)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -201,6 +64,7 @@ class WorkerManager(LoggingConfigurable):
         spawner = self._spawner
         self._standby = Standby(lambda: spawner.launch({}, None), spawner.watch, self.sandbox, self.log)
         self._death_report: WorkerDied | None = None
+        self._cells_running = 0  # user-code requests in flight: the standby's warm-up waits for 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.jax_overrides: dict[str, Any] = {}  # settings asked for by load_jax_library since start
@@ -256,21 +120,45 @@ class WorkerManager(LoggingConfigurable):
         if self.standby:
             self._standby.prespawn()
 
+    def drop_prespawned(self) -> None:
+        """Forget the standby :meth:`prespawn` started (a pooled kernel moved to another folder):
+        its sandbox, and the state dir it used, were made for the old folder."""
+        self._standby.drop_prespawned()
+        self.sandbox.moved()
+
+    def restart(self) -> WorkerHandle:
+        """A kernel restart that keeps the kernel process: the worker (or set) is killed at once,
+        its requests in flight fail with :class:`WorkerDied`, the lease is returned, and a fresh
+        worker (the standby) starts with the configured settings and execution count 1, as a new
+        kernel's would.  Synchronous, so that no request handled after it reaches the old worker."""
+        old, self.worker = self.worker, None  # no death report and no automatic replacement for it
+        self._death_report = None
+        self.jax_overrides = {}
+        self.execution_count = 1
+        if old is not None:
+            old.kill("the kernel was restarted")
+        self._leases.forget()
+        return self.start()
+
     def _refill_standby(self, delay: float | None = None) -> None:
-        """Start the next standby a little after the current worker is ready, and only between
-        requests: its start-up (a second of CPU) must not slow down the first cells after a restart."""
+        """Start the next standby once the current worker is ready (after ``standby_delay``), so
+        that a second restart soon after the first finds one warm.  Its warm-up (a second of CPU)
+        pauses while user code runs and, where the kernel may restore the priority later, runs
+        at a low one (:meth:`Standby.pause`, :mod:`.priority`): the user's cells don't pay for it."""
         if not self.standby or self._stopping or self._standby.spare is not None or self._loop is None:
             return
         if self.worker is None or not self.worker.ready.done() or self.worker.ready.exception():
             return
         if self.worker.processes > 1:
             return  # a set's processes need the CPU more than a standby for a later single worker
-        if delay is None:
-            delay = self.standby_delay
-        if delay > 0 or self._requests.busy():
-            self._loop.call_later(max(delay, 0.5), self._refill_standby, 0.0)
+        delay = self.standby_delay if delay is None else delay
+        if delay > 0:
+            self._loop.call_later(delay, self._refill_standby, 0.0)
             return
-        self.log.debug("Started standby worker %s", self._standby.fill().pid)
+        nice = self.standby_nice if priority.can_restore() else 0
+        self.log.debug("Started standby worker %s", self._standby.fill(nice).pid)
+        if self._cells_running:
+            self._standby.pause()
 
     def reserve(self, settings: dict[str, Any]) -> Lease | None:
         """Lease the devices ``settings`` ask for (or the policy's default) before a worker starts.
@@ -378,7 +266,20 @@ class WorkerManager(LoggingConfigurable):
 
         ``origin`` is what the kernel made it for: the handlers get it with the output it causes."""
         worker = await self.ready_worker()
-        return await self._requests.send(worker, kind, content, timeout, self.stream_limit, origin)
+        if kind not in wire.USER_CODE_REQUESTS:
+            return await self._requests.send(worker, kind, content, timeout, self.stream_limit, origin)
+        self._cells_running += 1
+        self._standby.pause()  # its warm-up waits while user code runs (see Standby.pause)
+        try:
+            return await self._requests.send(worker, kind, content, timeout, self.stream_limit, origin)
+        finally:
+            self._cells_running -= 1
+            if not self._cells_running:
+                self._standby.resume()
+
+    def standby_warmed(self, worker: WorkerHandle) -> None:
+        """The standby finished warming up (it is idle now, and not paused again)."""
+        self._standby.warmed(worker)
 
     async def request_if_ready(
         self, kind: str, content: dict[str, Any], timeout: float

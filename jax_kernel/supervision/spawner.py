@@ -62,6 +62,9 @@ class WorkerSpawner:
         config: dict[str, Any] = {
             "execution_count": m.execution_count,
             "output_limit": m.stream_limit,
+            # JPY_* never reaches a worker's environment (Sandbox.env_deny); the notebook's path
+            # is no secret, and cells read it as ipykernel gives it: __session__.
+            "session_name": os.environ.get("JPY_SESSION_NAME", ""),
             "host_platform": m.accelerators.host_platform(),
             "memory_cap": m.accelerators.memory_cap(),
             **self.leases.job_config(),

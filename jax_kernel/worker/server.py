@@ -138,6 +138,8 @@ class WorkerServer:
     def _configure(self, config: dict[str, Any]) -> None:
         """What the kernel decides per job: numbering, output budget, JAX settings, cores."""
         self.shell.execution_count = int(config.get("execution_count", 1))
+        if config.get("session_name"):  # as ipykernel's shell has it (IPythonKernel.__init__)
+            self.shell.user_ns["__session__"] = str(config["session_name"])
         self.budget.reset(int(config.get("output_limit", self.budget.limit)))
         jax_ops.configure(config)
         cores = config.get("cpu_affinity")
