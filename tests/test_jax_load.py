@@ -7,6 +7,7 @@ first loads JAX into a fresh worker, later ones ask for settings that need a new
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import jax
@@ -145,7 +146,10 @@ def test_missing_platform_before_jax_starts() -> None:
 def test_worker_death_during_a_request_is_an_error_reply(lk: Kernel, client: JaxClient) -> None:
     reply = client.transform("jit", "lambda x: __import__('os')._exit(3)", "1.0")
     assert reply["status"] == "error" and reply["ename"] == "WorkerDied", reply
-    assert "exited with code 3" in reply["evalue"] and "all variables were lost" in reply["evalue"]
+    assert "exited with code 3" in reply["evalue"]
+    assert re.search(r"restored \d+ of \d+ variables?|all variables were lost", reply["evalue"]), reply[
+        "evalue"
+    ]
     again = client.transform("grad", "lambda x: x * x", "3.0")
     assert again["status"] == "ok" and again["data"]["application/json"]["values"] == 6.0
     assert lk.ok("1").reply["status"] == "ok"  # no stale death report for the next cell

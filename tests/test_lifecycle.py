@@ -14,8 +14,9 @@ from conftest import Kernel, execute, process_gone, start_kernel, stop_kernel
 
 @pytest.fixture(scope="module")
 def crash_kernel() -> Iterator[Kernel]:
-    """One kernel whose worker the tests in this module crash over and over."""
-    km, kc = start_kernel()
+    """One kernel whose worker the tests in this module crash over and over; without snapshots of
+    its variables, so that a crash loses them as it says (their restore: tests/test_keep_state.py)."""
+    km, kc = start_kernel(["--WorkerManager.keep_state=False"])
     yield Kernel(km, kc)
     stop_kernel(km, kc)
 

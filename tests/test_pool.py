@@ -51,6 +51,7 @@ def wait_pool_warm(timeout: float = 60) -> int:
 
 @pytest.fixture
 def kernels() -> Iterator[list[Kernel]]:
+    POOL.discard_all()  # what earlier launches in this process left warm (nbval's, for one)
     started: list[Kernel] = []
     yield started
     for k in started:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import typing as t
 
 from ..protocol import wire
-from ..supervision.manager import WorkerError
+from ..supervision.manager import WorkerDied, WorkerError
 from . import replies
 from .outputs import Origin
 from .subshells import subshell_of
@@ -54,7 +54,8 @@ class CellRunner:
             origin = kernel.outputs.begin(origin)
         death = None if silent else manager.take_death_report()
         if death is not None:
-            return self.error_reply(death, origin, ran=False)
+            variables = await self._restored(death, last_cell=self.execution_count - 1)
+            return self.error_reply(death, origin, ran=False, variables=variables)
         # If the worker dies mid-cell, its replacement continues the numbering after this cell.
         cell_count = self.execution_count  # what execute_input said: the reply says the same
         manager.execution_count = self.execution_count + (1 if store_history and not silent else 0)
@@ -85,7 +86,8 @@ class CellRunner:
                 kernel.io_loop.call_later(0.1, kernel.io_loop.stop)
         except WorkerError as e:
             self.execution_count = manager.execution_count
-            return self.error_reply(e, origin, ran=True, count=cell_count)
+            variables = await self._restored(e, last_cell=cell_count)
+            return self.error_reply(e, origin, ran=True, count=cell_count, variables=variables)
         except Exception as e:  # noqa: BLE001 - the frontend must get a reply, whatever went wrong
             kernel.log.exception("Internal error while running a cell")
             error = WorkerError(f"internal error in the kernel ({type(e).__name__}: {e})")
@@ -96,6 +98,14 @@ class CellRunner:
             self._finish_stream_budget(origin)
         return reply
 
+    async def _restored(self, error: WorkerError, last_cell: int) -> str | None:
+        """For a dead worker: what its replacement restored, once it says (up to its start limit)."""
+        if not isinstance(error, WorkerDied):
+            return None
+        manager = self.kernel.manager
+        report = await manager.state.restore_report(manager.start_timeout)
+        return replies.restored_text(report, last_cell, error.fresh)
+
     def _finish_stream_budget(self, origin: Origin) -> None:
         worker = self.kernel.manager.worker
         notice = worker.stream_budget.take_notice() if worker is not None else None
@@ -103,11 +113,16 @@ class CellRunner:
             self.kernel.outputs.publish("stream", {"name": "stderr", "text": notice}, origin)
 
     def error_reply(
-        self, error: WorkerError, origin: Origin, ran: bool, count: int | None = None
+        self,
+        error: WorkerError,
+        origin: Origin,
+        ran: bool,
+        count: int | None = None,
+        variables: str | None = None,
     ) -> dict[str, t.Any]:
         """End the cell with an error that says what happened to the worker and to the variables;
         ``count``: the cell's own number (its execute_input's), when it ran and the next cell's moved on."""
-        content = replies.worker_error(error, ran)
+        content = replies.worker_error(error, ran, variables)
         self.kernel.outputs.publish("error", content, origin)
         return {
             "status": "error",

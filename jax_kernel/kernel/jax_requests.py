@@ -17,11 +17,11 @@ import json
 import typing as t
 
 from ..policy.accelerators import LeaseError
-from ..protocol import jaxspec, wire
+from ..protocol import jaxspec, state, wire
 from ..protocol.schema import error_line
 from ..supervision.manager import WorkerDied, WorkerError
 from .outputs import Origin, OutputPublisher
-from .replies import MalformedReply
+from .replies import MalformedReply, restored_text
 from .replies import require as _require
 from .subshells import on_loop
 
@@ -92,23 +92,29 @@ class JaxRequests:
                 return reply
             return self._checked_jax_reply(kind, content)
         except WorkerDied as e:
+            kept = await self._restored()
             return _jax_error(
                 "WorkerDied",
-                f"{e.subject} {e.how} while serving {kind}_request. {e.fresh}; all variables were lost.",
+                f"{e.subject} {e.how} while serving {kind}_request. {kept or e.fresh + '; all variables were lost.'}",
             )
         except (WorkerError, jaxspec.JaxSpecError) as e:
             return _jax_error(type(e).__name__, f"The worker could not serve {kind}_request: {e}")
         except LeaseError as e:
             return _jax_error("DeviceLeaseError", f"{e}. The worker was kept as it was.")
 
-    def _warn_replacing(self, content: dict[str, t.Any], origin: Origin, in_cell: bool = False) -> str:
+    def _warn_replacing(
+        self, content: dict[str, t.Any], origin: Origin, in_cell: bool = False, keep: bool = False
+    ) -> str:
         given = content.get("reason")
         reason = given if isinstance(given, str) else "new JAX settings"
         rest = " Code after it in this cell did not run." if in_cell else ""
-        warning = (
-            f"{reason[:1000]}. Replacing the worker to apply them: all variables are lost.{rest} "
-            "(Put %load_jax / load_jax_library first in a notebook to avoid this.)"
-        )
+        if keep:
+            warning = f"{reason[:1000]}. Replacing the worker; the variables saved just now come back.{rest}"
+        else:
+            warning = (
+                f"{reason[:1000]}. Replacing the worker to apply them: all variables are lost.{rest} "
+                "(Put %load_jax / load_jax_library first in a notebook to avoid this, or add --keep-state.)"
+            )
         self.publisher.problem(warning, origin)
         return warning
 
@@ -130,8 +136,11 @@ class JaxRequests:
             error = {k: error[k] for k in ("ename", "evalue", "traceback")}
             self.publisher.publish("error", error, origin)
             return {**reply, "status": "error", **error}
-        self._warn_replacing(restart, origin, in_cell=True)
-        content = await self._load_in_new_worker(settings, origin)
+        keep = restart.get("keep_state") is True
+        self._warn_replacing(restart, origin, in_cell=True, keep=keep)
+        content = await self._load_in_new_worker(settings, origin, keep)
+        if keep:
+            await self._report_kept(restart, origin)
         if content["status"] == "ok":
             data = {"data": content["data"], "metadata": {}, "transient": {}}
             self.publisher.publish("display_data", data, origin)
@@ -140,7 +149,38 @@ class JaxRequests:
         self.publisher.publish("error", error, origin)
         return {**reply, "status": "error", **error}
 
-    async def _load_in_new_worker(self, settings: dict[str, t.Any], origin: Origin) -> dict[str, t.Any]:
+    async def _restored(self) -> str | None:
+        """After a worker died: what its replacement restored (see replies.restored_text)."""
+        m = self.manager
+        report = await on_loop(m.state.restore_report(m.start_timeout), m.loop)
+        return restored_text(report, (report or {}).get("cell") or 0)
+
+    async def _report_kept(self, restart: dict[str, t.Any], origin: Origin) -> None:
+        """What the new worker restored, and (``%jax_reset``) the device memory it freed."""
+        report = await self.manager.state.restore_report(self.manager.start_timeout)
+        if report is not None and report.get("refused"):
+            self.publisher.problem(f"{report['refused']}: the variables are lost.", origin)
+            return
+        if report is None or report.get("cell") is None:
+            self.publisher.problem("No snapshot was restored: the variables are lost.", origin)
+            return
+        text = restored_text(report, int(report["cell"])) or ""
+        text = text.replace("A fresh worker restored", "Restored", 1)
+        before = state.device_memory(restart.get("memory"))
+        if restart.get("memory") is not None:
+            after = report["memory"]
+            text += " Device memory in use: " + _before_after(before["in_use"], after["in_use"], state.sized)
+            text += (
+                "; live JAX buffers: "
+                + _before_after(before["live_buffers"], after["live_buffers"], str)
+                + "."
+            )
+        data = {"text/plain": text}
+        self.publisher.publish("display_data", {"data": data, "metadata": {}, "transient": {}}, origin)
+
+    async def _load_in_new_worker(
+        self, settings: dict[str, t.Any], origin: Origin, keep_state: bool = False
+    ) -> dict[str, t.Any]:
         """Replace the worker with one started with ``settings`` and load JAX there.
 
         If JAX cannot start that way (a platform that is not there), later workers go back to
@@ -148,7 +188,7 @@ class JaxRequests:
         """
         previous = dict(self.manager.jax_overrides)
         try:
-            await self.manager.replace(settings)
+            await self.manager.replace(settings, keep_state=keep_state)
             reply = self._checked_jax_reply(
                 "jax_load", await self.manager.request("jax_load", {"settings": settings}, origin=origin)
             )
@@ -186,6 +226,12 @@ class JaxRequests:
                 f"({self.jax_reply_limit:,}); lower options.max_values or ask for fewer reports",
             )
         return reply
+
+
+def _before_after(before: int | None, after: int | None, show: t.Callable[[int], str]) -> str:
+    if before is None or after is None:
+        return "not measured on this backend"
+    return f"{show(before)} before, {show(after)} after"
 
 
 def _jax_error(ename: str, evalue: str, traceback: list[str] | None = None) -> dict[str, t.Any]:

@@ -200,8 +200,11 @@ class JaxKernel(KernelSettings):
         try:
             await self.manager.request("comm", {**request, "buffers": buffers}, origin=origin)
         except WorkerDied as e:
+            report = await self.manager.state.restore_report(self.manager.start_timeout)
+            kept = replies.restored_text(report, (report or {}).get("cell") or 0)
             self.outputs.problem(
-                f"{e.subject} {e.how} while handling a widget message; all variables were lost.", origin
+                f"{e.subject} {e.how} while handling a widget message. {kept or e.fresh + '; all variables were lost.'}",
+                origin,
             )
         except WorkerError as e:
             self.log.warning("Worker could not handle %s: %s", msg_type, e)

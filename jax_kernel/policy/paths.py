@@ -101,6 +101,7 @@ def writable_folders(
         os.path.realpath(cwd or os.getcwd()),
         os.path.join(state, "tmp"),
         os.path.join(state, "history"),
+        os.path.join(state, "snapshots"),  # its saved variables, for the next worker of this kernel
     ]
     made = [c for c in caches if c]
     for cache in made:

@@ -57,6 +57,7 @@ def fill_state_dir(state: str) -> list[int]:
     os.mkdir(os.path.join(state, "tmp"), 0o700)
     os.mkdir(os.path.join(state, "history"), 0o700)
     os.mkdir(os.path.join(state, "root-tmp"), 0o700)  # the workers' /tmp
+    os.mkdir(os.path.join(state, "snapshots"), 0o700)  # the workers' saved variables
     # What a hidden file looks like inside the sandbox: empty and mode 000.  The worker
     # binds it only if it is still this very file (device, inode).
     fd = os.open(os.path.join(state, "mask"), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0)

@@ -121,6 +121,18 @@ class MemberConfig(TypedDict, total=False):
     timeout: int
 
 
+class StatePolicy(TypedDict, total=False):
+    """Where and how a worker snapshots its variables (:mod:`jax_kernel.protocol.state`)."""
+
+    dir: str  # the kernel's private snapshot dir (only its own workers can reach it)
+    enabled: bool
+    max_total_bytes: int
+    max_value_bytes: int
+    max_seconds: float
+    restore: str  # the digest of the snapshot to restore before the first request ("": none)
+    member: str  # a set member's index ("": a single worker): its own part of the dir
+
+
 class WorkerConfig(TypedDict, total=False):
     """Everything the kernel tells a worker at start (and a standby when it takes up a job)."""
 
@@ -136,6 +148,7 @@ class WorkerConfig(TypedDict, total=False):
     lease: str  # the devices this worker leases, in words
     cpu_affinity: list[int]
     jax_settings: dict[str, Any]  # checked by jax_kernel.protocol.jaxspec where it is applied
+    state: StatePolicy
     member: MemberConfig
 
 

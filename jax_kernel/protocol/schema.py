@@ -16,7 +16,7 @@ from .dap import check_dap
 from .framing import WireError
 
 #: Bumped whenever a message changes shape; both sides refuse a mismatch.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 _MIME = dict  # a MIME bundle: {mimetype: str | JSON}
 
@@ -44,6 +44,10 @@ WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     # ``%sandbox --selftest``: run the attack battery (jax_kernel.selftest) in a process of the
     # kernel's and relay its table to the running cell; answered by "selftest_done".
     "selftest": {},
+    # The worker's variables (jax_kernel.protocol.state): the snapshot it last committed, and what
+    # a fresh worker restored from its predecessor's; summaries only, never the saved values.
+    "state": {"summary": dict},
+    "restored": {"report": dict},
 }
 
 OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -51,6 +55,7 @@ OPTIONAL_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "update_display_data": {"transient": dict},
     "ready": {"python": str, "jax_version": str, "sandbox": dict},
     "reply": {"output_mode": str},  # %jax_output in a set of processes: "all" or an index
+    "state": {"enabled": bool},  # %jax_state --off / --on: whether this notebook's workers snapshot
 }
 
 #: Output messages the kernel publishes or relays, each of which may carry the optional field

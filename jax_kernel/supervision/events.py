@@ -36,6 +36,10 @@ class WorkerEvents:
             self._requests.deliver(worker, msg)
         elif kind == "ready":
             self._ready(worker, msg)
+        elif kind == "restored" and worker is m.worker:
+            m.state.restored(msg["report"])
+        elif kind == "state" and worker is m.worker:
+            m.state.committed(msg["summary"], msg.get("enabled"))
         elif kind == "standby":
             m.log.debug("Standby worker %s warm", worker.pid)
             m.standby_warmed(worker)

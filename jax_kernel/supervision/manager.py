@@ -35,6 +35,7 @@ from .requests import WorkerRequests
 from .settings import WorkerSettings
 from .spawner import WorkerSpawner
 from .standby import Standby
+from .state import StateCarrier
 
 __all__ = ["WorkerDied", "WorkerError", "WorkerManager", "WorkerStartFailed"]
 
@@ -65,6 +66,7 @@ class WorkerManager(WorkerSettings):
         self._standby = Standby(lambda: spawner.launch({}, None), spawner.watch, self.sandbox, self.log)
         self._death_report: WorkerDied | None = None
         self._cells_running = 0  # user-code requests in flight: the standby's warm-up waits for 0
+        self.state = StateCarrier(self, self.sandbox, self.log)  # the workers' saved variables
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.jax_overrides: dict[str, Any] = {}  # settings asked for by load_jax_library since start
@@ -78,8 +80,9 @@ class WorkerManager(WorkerSettings):
         return self._loop
 
     # life cycle -------------------------------------------------------------------
-    def start(self) -> WorkerHandle:
-        """Give the kernel a worker now: the standby if one is warm(ing), else a fresh spawn.
+    def start(self, restore: bool = False) -> WorkerHandle:
+        """Give the kernel a worker now: the standby if one is warm(ing), else a fresh spawn;
+        ``restore``: it restores the last snapshot of its predecessor's variables first.
 
         Either way it becomes usable once it says it is ready; a new standby is started once it is.
         """
@@ -92,6 +95,12 @@ class WorkerManager(WorkerSettings):
                 self.problem_handler(f"no accelerator for this worker: {e}")
         settings = self._jax_settings()
         config, env = self._spawner.job(settings)
+        layout = (int(settings.get("processes", 1)), int(settings.get("devices_per_process") or 0))
+        config["state"] = self.state.policy(restore, layout)
+        if config["state"].get("restore"):
+            self.state.expect_restore()
+        else:
+            self.state.no_restore()
         if settings.get("processes", 1) > 1:
             worker = self._spawner.start_set(settings, config, env)
             self.worker = worker
@@ -138,6 +147,8 @@ class WorkerManager(WorkerSettings):
         if old is not None:
             old.kill("the kernel was restarted")
         self._leases.forget()
+        self.state.forget()  # a restart is a restart: the new worker starts empty
+        self.state.enabled = None  # and %jax_state --off/--on goes back to the setting
         return self.start()
 
     def _refill_standby(self, delay: float | None = None) -> None:
@@ -188,12 +199,14 @@ class WorkerManager(WorkerSettings):
     def _jax_settings(self) -> dict[str, Any]:
         return {**self._jax_settings_defaults(), **self.jax_overrides}
 
-    async def replace(self, jax_settings: dict[str, Any]) -> WorkerHandle:
+    async def replace(self, jax_settings: dict[str, Any], keep_state: bool = False) -> WorkerHandle:
         """Stop the current worker and start one whose JAX starts with these settings.
 
         JAX reads platform, visible devices, x64, host device count and allocator settings
         only when its backend starts, so a running worker cannot take new ones.  They stay in
         force for later replacements (a crash restart keeps them) until the kernel restarts.
+        ``keep_state``: the new worker restores the snapshot the old one committed (it saved
+        everything before asking: ``%load_jax --keep-state``, ``%jax_reset``); else it is deleted.
         """
         self.reserve_for(jax_settings)
         self.jax_overrides = dict(jax_settings)
@@ -205,7 +218,9 @@ class WorkerManager(WorkerSettings):
                     old.kill("it was replaced to apply new JAX settings")
             else:
                 old.kill("it was replaced to apply new JAX settings")
-        self.start()
+        if not keep_state:
+            self.state.forget()
+        self.start(restore=keep_state)
         return await self.ready_worker()
 
     async def ready_worker(self) -> WorkerHandle:
@@ -336,4 +351,4 @@ class WorkerManager(WorkerSettings):
             self._death_report = WorkerDied(
                 how, worker.diagnostics(), during_request=False, subject=subject, fresh=fresh
             )
-        self.start()  # replace it at once so the next cell does not wait
+        self.start(restore=True)  # at once, so the next cell does not wait; with the saved variables

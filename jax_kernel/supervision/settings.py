@@ -86,6 +86,29 @@ class WorkerSettings(LoggingConfigurable):
         "cells run, so there is no need to wait).",
     ).tag(config=True)
 
+    keep_state = Bool(
+        True,
+        help="Workers save their variables while idle (only what changed), and the worker that replaces "
+        "one that died (crash, out-of-memory kill, an interrupt it ignored, the CPU limit) restores them; "
+        "a restart deletes them. %jax_state --off/--on per notebook.",
+    ).tag(config=True)
+
+    state_bytes = Integer(
+        0,
+        help="Bytes all saved variables may take together; 0: a quarter of the RAM or half the free disk "
+        "of the kernel's state dir, whichever is less. What does not fit is listed, not saved.",
+    ).tag(config=True)
+
+    state_value_bytes = Integer(
+        0, help="Bytes one saved variable (its arrays included) may take; 0: half of state_bytes."
+    ).tag(config=True)
+
+    state_seconds = Float(
+        60.0,
+        help="Seconds of idle time one snapshot may take; values not saved by then are listed as skipped "
+        "and tried again after the next cell.",
+    ).tag(config=True)
+
     compilation_cache = Bool(
         True,
         help="Give workers JAX's persistent compilation cache (in JaxKernel's cache dir, "

@@ -102,6 +102,7 @@ class Interpreter:
         self._emit = emit
         self.allow_stdin = False  # the main shell's running cell's frontend can answer input_request
         self.lanes: Lanes | None = None  # the shells (main, subshells): set by the server
+        self.after_cell: Callable[[int], None] = lambda cell: None  # a main-shell cell succeeded
         shell.loop_runner = self._await_cell  # IPython calls it for cells with top-level await
 
     def _await_cell(self, coro: Any) -> Any:
@@ -150,6 +151,8 @@ class Interpreter:
             self._emit({"type": "stream", "name": "stderr", "text": notice})
 
         reply: dict[str, Any] = {"execution_count": shell.execution_count - 1}
+        if success and main and restart is None and not msg.get("silent"):
+            self.after_cell(shell.execution_count - 1)  # its variables: saved while the worker idles
         if success:
             reply["status"] = "ok"
             reply["user_expressions"] = shell.user_expressions(msg.get("user_expressions") or {})
@@ -167,7 +170,12 @@ class Interpreter:
         reply["next_execution_count"] = shell.execution_count
         reply["jax_version"] = getattr(sys.modules.get("jax"), "__version__", None)
         if restart is not None:
-            reply["jax_restart"] = {"settings": restart.settings, "reason": restart.reason}
+            reply["jax_restart"] = {
+                "settings": restart.settings,
+                "reason": restart.reason,
+                "keep_state": restart.keep_state,
+                "memory": restart.memory,
+            }
         if jax_ops.STATE.output_mode is not None:  # %jax_output ran: the kernel routes output
             reply["output_mode"], jax_ops.STATE.output_mode = jax_ops.STATE.output_mode, None
         return reply

@@ -20,12 +20,24 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .inbox import Mailbox
 
 #: Seconds a deleted subshell's thread is waited for, if it is not running a cell.
 JOIN_TIMEOUT = 2.0
+#: Seconds without a request before idle work (a snapshot of the variables) begins.
+IDLE_DELAY = 0.25
+
+
+class IdleWork(Protocol):
+    """Work a lane does while no request waits, a short step at a time."""
+
+    def pending(self) -> bool: ...
+
+    def step(self) -> bool:
+        """Do one short step; whether more is left."""
+        ...
 
 
 class Lane:
@@ -38,6 +50,9 @@ class Lane:
         self.awaiting = False  # an async cell of this lane awaits: its comms are served on its loop now
         self.serving = False  # a request of this lane is being answered
         self.thread: threading.Thread | None = None
+        #: Work for idle time (the main lane: snapshots of the variables), done in short steps
+        #: once the lane has been idle a moment; a request that arrives ends the idle time.
+        self.idle: IdleWork | None = None
 
 
 class Lanes:
@@ -65,6 +80,12 @@ class Lanes:
             if lane is None:
                 lane = self._subshells[subshell_id] = self._start(subshell_id)
             return lane
+
+    def busy(self) -> bool:
+        """Whether any shell (the main one or a subshell) is answering a request."""
+        with self._lock:
+            lanes = [self.main, *self._subshells.values()]
+        return any(lane.serving for lane in lanes)
 
     def ids(self) -> list[str]:
         with self._lock:
@@ -110,6 +131,15 @@ def next_request(lane: Lane) -> dict[str, Any] | None:
     msg = mailbox.get(timeout=0)
     if msg is not None:
         return msg
+    idle = lane.idle
+    if idle is not None and idle.pending() and _loop_is_idle(loop):
+        # Idle work starts only once no request has come for a moment: cells run back to back
+        # (Run All) never meet it, and one that comes while it runs waits one short step at most.
+        msg = mailbox.get(timeout=IDLE_DELAY)
+        while msg is None and idle.step():
+            msg = mailbox.get(timeout=0)
+        if msg is not None:
+            return msg
     if _loop_is_idle(loop):
         # Nothing for the loop to do: wait on the queue itself.  Waking a loop costs a widget
         # round trip about 0.8 ms (bench_frontends: 1.15 -> 1.25 x stock); a callback another

@@ -107,6 +107,7 @@ class JaxMagics(Magics):
         p.add_argument("--processes", type=int)
         p.add_argument("--launcher")
         p.add_argument("--devices-per-process", type=int)
+        p.add_argument("--keep-state", action="store_true")
         return p
 
     @line_magic
@@ -116,14 +117,27 @@ class JaxMagics(Magics):
         %load_jax [--platform cpu|cuda|rocm|tpu] [--devices 0,1] [--x64|--no-x64] [--host-devices N]
                   [--memory-fraction F] [--preallocate|--no-preallocate] [--cache-dir DIR]
                   [--matmul-precision P] [--processes N [--launcher NAME] [--devices-per-process K]]
+                  [--keep-state]
 
         Settings JAX reads only at start (platform, devices, x64, host devices, allocator) replace
-        the worker if JAX already runs with others: all variables are lost (the kernel says so).
+        the worker if JAX already runs with others: all variables are lost (the kernel says so),
+        unless ``--keep-state``: they are saved first and the new worker restores them (arrays onto
+        their devices where those still exist).
         ``--processes N`` replaces it with a set of N processes (multi-controller JAX), placed by an
         ipyparallel launcher (local, mpi, slurm, ...); every cell then runs in each of them.
         """
-        ns = self._load_parser().parse_args(shlex.split(line))
-        return jax_ops.load_jax_library(**vars(ns))
+        options = vars(self._load_parser().parse_args(shlex.split(line)))
+        keep = options.pop("keep_state")
+        try:
+            return jax_ops.load_jax_library(**options)
+        except jax_ops.JaxRestartRequired as restart:
+            if keep:  # saved now; the kernel has the replacement restore it
+                keeper = getattr(self.shell, "keepstate", None)
+                if keeper is None:
+                    raise UsageError("%load_jax --keep-state: this worker keeps no state") from None
+                keeper.save_now()
+                restart.keep_state = True
+            raise
 
     def _transform_parser(self) -> _Parser:
         p = _Parser(prog="jax", add_help=False)

@@ -49,6 +49,15 @@ def device_memory() -> dict[str, Any]:
     return {"jax": "ok", "devices": [_device_entry(d) for d in devices]}
 
 
+def buffers_and_memory() -> dict[str, Any]:
+    """:func:`device_memory` plus the number of live JAX arrays (``%jax_reset`` reports both)."""
+    report = device_memory()
+    if report["jax"] == "ok":
+        jax = sys.modules["jax"]
+        report["live_buffers"] = len(jax.live_arrays())
+    return report
+
+
 def host_rss() -> int | None:
     """This process' resident memory in bytes."""
     try:

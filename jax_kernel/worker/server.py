@@ -39,9 +39,11 @@ from .affinity import pin_cpus
 from .inbox import Inbox
 from .interpreter import Interpreter, InterruptGate
 from .jsonable import jsonable
+from .keepstate import KeepState
 from .lanes import Lane, Lanes, next_request
 from .parents import Parents
 from .shell import WorkerShell
+from .state_magics import StateMagics
 from .streams import FdCapture, OutStream
 from .threads import service_thread
 
@@ -79,6 +81,9 @@ class WorkerServer:
             self.gate,
             self.emit,
         )
+        self.keepstate = KeepState(self.shell, self.conn.send)
+        self.shell.keepstate = self.keepstate  # %load_jax --keep-state saves through it
+        self.shell.register_magics(StateMagics(self.shell, self.keepstate))
         self._configure(config)
         builtins.input = self.raw_input
         getpass.getpass = self.getpass
@@ -94,6 +99,8 @@ class WorkerServer:
         self.inbox = self._make_inbox()
         self.lanes = Lanes(Lane(self.inbox, self.loop, None), self._serve_lane)
         self.interpreter.lanes = self.lanes
+        self.lanes.main.idle = self.keepstate
+        self.interpreter.after_cell = self.keepstate.cell_done
         self.handlers = {**self.interpreter.handlers(), "shutdown": self.do_shutdown}
         # As in ipykernel (IPKernelApp.init_path): cells import modules from the notebook folder.
         # Only now, with the worker's own modules imported; the kernel never imports from there.
@@ -145,6 +152,8 @@ class WorkerServer:
         cores = config.get("cpu_affinity")
         if cores:
             pin_cpus(cores)
+        member = (config.get("member") or {}).get("index")  # a set member keeps its own part
+        self.keepstate.configure(config.get("state"), busy=lambda: self.lanes.busy(), member=member)
 
     def standby(self) -> bool:
         """Warm up as the kernel's standby worker, then wait for a job; False if told to stop instead.
@@ -258,6 +267,7 @@ class WorkerServer:
         if self.member:
             service_thread(self._heartbeat, "jax-kernel-heartbeat", float(self.member["heartbeat"]))
             jax_ops.start_distributed(self.member)
+        self.keepstate.restore()  # a dead worker's variables, before the first request
         self.conn.send(
             {
                 "type": "ready",

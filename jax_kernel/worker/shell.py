@@ -110,6 +110,7 @@ class ZMQInteractiveShell(ParentAPI, zmqshell.ZMQInteractiveShell):  # type: ign
     display_pub_class = Type(WorkerDisplayPublisher)  # type: ignore[assignment]
     send = AnyTrait(help="Callable sending one wire message to the kernel.")
     parents = AnyTrait(help="The worker's Parents: which request output belongs to, per thread.")
+    keepstate = AnyTrait(help="The worker's snapshots of the variables (KeepState), set by the server.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -32,10 +32,18 @@ class JaxRestartRequired(BaseException):
     the cell must not run in a worker that is about to be replaced.
     """
 
-    def __init__(self, settings: dict[str, Any], reason: str) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        reason: str,
+        keep_state: bool = False,
+        memory: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.settings = settings
         self.reason = reason
+        self.keep_state = keep_state  # the variables were saved: the new worker restores them
+        self.memory = memory  # device memory before (%jax_reset reports before and after)
 
 
 def one_line(e: BaseException) -> str:
