@@ -29,13 +29,13 @@ import warnings
 from typing import Any
 
 from IPython.core.async_helpers import get_asyncio_loop
-from IPython.core.error import StdinNotImplementedError
 from traitlets.config import Config
 
 from ..protocol import wire
 from ..protocol.budget import DEFAULT_OUTPUT_LIMIT, OutputBudget
 from . import cellnames, comms, compile_notice, jax_ops, jaxdisplay, kernelface, memory, sandbox
 from .affinity import pin_cpus
+from .asks import KernelQuestions
 from .inbox import Inbox
 from .interpreter import Interpreter, InterruptGate
 from .jsonable import jsonable
@@ -70,7 +70,7 @@ class WorkerServer:
         )
         jaxdisplay.register(self.shell)
         self.compile_notice = compile_notice.install(self.emit)
-        sandbox.register_magic(self.shell, selftest=self.selftest)
+        sandbox.register_magic(self.shell, selftest=lambda: self.asks.selftest())
         self.gate = InterruptGate()
         self.interpreter = Interpreter(
             self.shell,
@@ -85,9 +85,11 @@ class WorkerServer:
         self.shell.keepstate = self.keepstate  # %load_jax --keep-state saves through it
         self.shell.register_magics(StateMagics(self.shell, self.keepstate))
         self._configure(config)
-        builtins.input = self.raw_input
-        getpass.getpass = self.getpass
-        self.kernel.raw_input, self.kernel.getpass = self.raw_input, self.getpass
+        self.asks = KernelQuestions(self.emit, self.stdout, self.stderr, self.gate, lambda: self.inbox)
+        self.asks.allow_stdin = lambda: self.interpreter.allow_stdin
+        builtins.input = self.asks.raw_input
+        getpass.getpass = self.asks.getpass
+        self.kernel.raw_input, self.kernel.getpass = self.asks.raw_input, self.asks.getpass
 
         self.concurrent: queue.Queue[dict[str, Any]] = queue.Queue()
         self.concurrent_handlers = {"usage": lambda msg: memory.device_memory(), "subshell": self.do_subshell}
@@ -331,65 +333,9 @@ class WorkerServer:
             msg = self.concurrent.get()
             self._answer(self.concurrent_handlers[msg["type"]], msg)
 
-    def _ask_kernel(self, request: dict[str, Any], answer: str) -> dict[str, Any]:
-        """Send ``request`` from the running cell and wait for the kernel's ``answer`` (input(),
-        the self-test); output written so far goes first, and an interrupt ends the wait."""
-        _main_shell_only()
-        self.stdout.flush_now()
-        self.stderr.flush_now()
-        self.gate.close()
-        try:
-            self.emit(request)
-            while True:
-                if self.gate.pending:
-                    self.gate.pending = False
-                    raise KeyboardInterrupt("Interrupted by user")
-                msg = self.inbox.get(timeout=0.1)
-                if msg is not None and msg["type"] == answer:
-                    return msg
-        finally:
-            self.gate.open()
-
-    # %sandbox --selftest ----------------------------------------------------
-    def selftest(self) -> int:
-        """Ask the kernel to run the self-test (it prints the table into this cell); its exit status."""
-        return int(self._ask_kernel({"type": "selftest"}, "selftest_done").get("status", 2))
-
-    # stdin ------------------------------------------------------------------
-    def _input_request(self, prompt: str, password: bool) -> str:
-        _main_shell_only()
-        if not self.interpreter.allow_stdin:
-            raise StdinNotImplementedError(
-                "input was called, but this frontend does not support input requests."
-            )
-        request = {"type": "input_request", "prompt": str(prompt), "password": password}
-        value = str(self._ask_kernel(request, "input_reply").get("value", ""))
-        if value == "\x04":
-            raise EOFError
-        return value
-
-    def raw_input(self, prompt: object = "") -> str:
-        """``input()`` for cell code: an ``input_request`` to the frontend."""
-        return self._input_request(str(prompt), password=False)
-
-    def getpass(self, prompt: str = "Password: ", stream: Any = None) -> str:
-        """``getpass.getpass()`` for cell code: a password ``input_request``."""
-        return self._input_request(prompt, password=True)
-
     def do_shutdown(self, msg: dict[str, Any]) -> dict[str, Any]:
         self.running = False
         return {"status": "ok"}
-
-
-def _main_shell_only() -> None:
-    """The kernel's answers (``input_reply``, the self-test's end) come on the main shell's queue,
-    and the frontend's stdin belongs to the main shell: a subshell's cell, which runs beside it,
-    cannot wait for one."""
-    if threading.current_thread() is not threading.main_thread():
-        raise StdinNotImplementedError(
-            "input() and %sandbox --selftest work in the main shell only, not in a subshell "
-            "(run that cell in the notebook)"
-        )
 
 
 def _as_in_ipykernel(shell: WorkerShell, history_file: str | None) -> None:
