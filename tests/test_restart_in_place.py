@@ -252,3 +252,27 @@ def test_what_a_cell_started_does_not_outlive_a_restart(kernel: Kernel) -> None:
     k.km.restart_kernel(now=False)
     k.ok("1")
     assert process_gone(child), "a process a cell started outlived the restart"
+
+
+@pytest.mark.timeout(300)
+def test_a_restart_of_a_kernel_configured_for_a_set_gives_a_fresh_set(tmp_path: Path) -> None:
+    """A set that the configuration asks for (not %load_jax) is what a restart starts again."""
+    km, kc = start_kernel(
+        ["--WorkerManager.jax_settings=processes=2"], env=dict(os.environ), cwd=str(tmp_path)
+    )
+    k = Kernel(km, kc)
+    try:
+        members = "import jax, os, sys\nprint(f'pid={os.getpid()}', file=sys.stderr)\njax.process_count()"
+        first = k.ok(members, timeout=120)
+        assert first.of("execute_result")[0]["data"]["text/plain"] == "2"
+        assert first.stderr.count("pid=") == 2, first.stderr
+        old = [int(p.split("pid=")[1]) for p in first.stderr.split() if p.startswith("pid=")]
+        k.ok("before = 1")
+        km.restart_kernel(now=False)
+        again = k.ok(members, timeout=120)
+        assert again.of("execute_result")[0]["data"]["text/plain"] == "2"
+        assert not {int(p.split("pid=")[1]) for p in again.stderr.split() if p.startswith("pid=")} & set(old)
+        assert all(process_gone(pid) for pid in old), "a member of the old set outlived the restart"
+        assert k.run("before", timeout=60).reply["ename"] == "NameError"
+    finally:
+        stop_kernel(km, kc)
