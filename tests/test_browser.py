@@ -418,11 +418,16 @@ def _kernel_pid(lab: str) -> int:
     base = lab.split("/lab/")[0]
     with urllib.request.urlopen(f"{base}/api/kernels?token={TOKEN}", timeout=10) as r:
         (kernel,) = json.load(r)
-    mine = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if f"kernel-{kernel['id']}.json" in " ".join(p.cmdline()) and "JAX_KERNEL_SPARE" not in p.environ()
-    ]
+    mine = []
+    for p in psutil.Process().children(recursive=True):
+        try:  # a short-lived process (a worker's child) may be gone by the time it is asked
+            if (
+                f"kernel-{kernel['id']}.json" in " ".join(p.cmdline())
+                and "JAX_KERNEL_SPARE" not in p.environ()
+            ):
+                mine.append(p)
+        except psutil.Error:
+            continue
     assert len(mine) == 1, f"kernel {kernel['id']}: processes {mine}"
     return mine[0].pid
 
