@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import JAX, PY, BenchError, BenchKernel, started  # noqa: E402
+from harness import JAX, PY, BenchError, BenchKernel, settle, started  # noqa: E402
 from tables import Row, ratio, report, spread  # noqa: E402
 
 TARGET = 1.2
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels = {JAX: started(JAX), PY: started(PY)}
     try:
         ids = {name: slider_id(k) for name, k in kernels.items()}
+        settle()  # the standby and spare processes warm up first: steady state is what is compared
         trips: dict[str, list[float]] = {JAX: [], PY: []}
         print(f"widget round trips: 10 warm-up + {n} each…", file=sys.stderr, flush=True)
         for i in range(10 + n):

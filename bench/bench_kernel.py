@@ -38,6 +38,7 @@ from harness import (
     control_request,
     create_subshell,
     execute,
+    settle,
     started,
 )
 from tables import Row, fmt_time, header, median, ratio, report, spread, versus
@@ -452,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if {"cells", "subshells", "crashes", "jit", "floods"} & set(args.parts):
             jax_k, py_k = started(JAX), started(PY)
+            settle()  # the standby and spare processes warm up first: steady state is what is compared
             if "cells" in args.parts:
                 print(f"round trips: {warmup} warm-up + {n} each…", file=sys.stderr, flush=True)
                 rows["cells"] = cell_rows(bench_round_trip(jax_k, py_k, n, warmup))

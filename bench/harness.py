@@ -436,6 +436,27 @@ def started(name: str, extra_arguments: Sequence[str] = ()) -> BenchKernel:
     return kernel
 
 
+def settle(timeout: float = 60.0) -> float:
+    """Wait until every process this bench started (kernels, their workers, the standby and spare
+    processes that warm up in the background) is idle; the seconds waited.  Steady-state timings
+    start here: a standby importing JAX on the other core is start-up, not what a cell costs."""
+    t0 = time.perf_counter()
+    if psutil is None:
+        return 0.0
+    while time.perf_counter() - t0 < timeout:
+        try:
+            procs = psutil.Process().children(recursive=True)
+            before = [sum(p.cpu_times()[:2]) for p in procs]
+            time.sleep(0.5)
+            after = [sum(p.cpu_times()[:2]) for p in procs]
+        except psutil.Error:
+            continue
+        if all(b - a < 0.02 for a, b in zip(before, after, strict=True)):
+            return time.perf_counter() - t0
+    NOTES.add(f"the kernels' processes were not idle after {timeout:g} s")
+    return time.perf_counter() - t0
+
+
 def printed_seconds(kernel: BenchKernel, code: str, mark: str) -> float:
     """Run ``code``, which prints ``MARK <seconds>`` (a time taken inside the cell), and return it."""
     cell = kernel.run_ok(code)

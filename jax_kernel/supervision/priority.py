@@ -52,11 +52,29 @@ def can_restore() -> bool:
     return soft == resource.RLIM_INFINITY or soft >= 20 - os.getpriority(os.PRIO_PROCESS, 0)
 
 
+def _autogroup(pid: int, nice: int) -> None:
+    """With the kernel's autogroup scheduling (``sched_autogroup_enabled``), CPU time is shared
+    between sessions first, and a worker is a session of its own (it is started with setsid): a
+    thread's nice then only ranks it within its session.  The session's weight is its
+    autogroup's nice (``/proc/<pid>/autogroup``), so that is set too."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass  # no autogroup scheduling here: the threads' nice is what counts
+
+
 def lower(pid: int, nice: int) -> bool:
-    """Every thread of ``pid`` to ``nice``; False if it could not be done (it then runs as it was)."""
-    return nice > 0 and can_restore() and _set(pid, nice)
+    """Every thread of ``pid`` (and its session's autogroup) to ``nice``; False if it could not
+    be done (it then runs as it was)."""
+    if nice <= 0 or not can_restore() or not _set(pid, nice):
+        return False
+    _autogroup(pid, nice)
+    return True
 
 
 def restore(pid: int) -> bool:
-    """Every thread of ``pid`` back to this process's own priority."""
-    return _set(pid, os.getpriority(os.PRIO_PROCESS, 0))
+    """Every thread of ``pid`` (and its autogroup) back to this process's own priority."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    _autogroup(pid, own)
+    return _set(pid, own)

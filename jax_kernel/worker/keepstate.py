@@ -31,6 +31,7 @@ class KeepState:
         self.policy: dict[str, Any] = {}
         self.keeper: Any = None  # a StateKeeper while snapshots are on
         self._reported: str | None = None  # the digest last reported to the kernel
+        self._due: int | None = None  # a cell succeeded since: its snapshot is to be taken
         self._busy: Callable[[], bool] = lambda: False
 
     def configure(self, policy: dict[str, Any] | None, busy: Callable[[], bool], member: Any = None) -> None:
@@ -82,18 +83,25 @@ class KeepState:
 
     # snapshots -----------------------------------------------------------------------------------
     def cell_done(self, cell: int) -> None:
-        """A cell succeeded: a snapshot as of that cell is due (written while the worker is idle)."""
+        """A cell succeeded: a snapshot as of that cell is due.  Only noted here, on the reply's
+        path; the keeper looks at the namespace in idle time (nothing runs in between: another
+        cell would have noted its own number)."""
         if self.keeper is not None:
-            self.keeper.cell_done(self.shell.user_ns, cell, set(self.shell.user_ns_hidden))
+            self._due = cell
 
     def pending(self) -> bool:
         """Whether a snapshot is due (and no subshell is running a cell that changes the namespace)."""
-        return self.keeper is not None and bool(self.keeper.pending()) and not self._busy()
+        if self.keeper is None or self._busy():
+            return False
+        return self._due is not None or bool(self.keeper.pending())
 
     def step(self) -> bool:
         """One short step of the due snapshot while no request waits; whether more is left."""
         if not self.pending():
             return False
+        if self._due is not None:
+            self.keeper.cell_done(self.shell.user_ns, self._due, set(self.shell.user_ns_hidden))
+            self._due = None
         self.keeper.step(STEP_SECONDS)
         self._report()
         return self.pending()
@@ -112,6 +120,7 @@ class KeepState:
             )
         shell = self.shell
         started = time.perf_counter()
+        self._due = None
         summary = self.keeper.save_now(shell.user_ns, shell.execution_count - 1, set(shell.user_ns_hidden))
         self._report()
         return summary, time.perf_counter() - started
